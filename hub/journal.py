@@ -1,0 +1,372 @@
+"""The task journal in the ``hub_journal`` KV bucket: records, output buffers, wait and watch.
+
+There is no lock anywhere: every change is a pure transition (``hub.lifecycle``) applied by
+compare-and-set on the key's revision, retried on conflict. Revisions this replica wrote are
+kept in memory, so the common update is one round trip instead of a get plus a put.
+
+Finished records carry a per-key TTL (the result TTL). When it runs out the server leaves an
+expiry marker in place of the record for another result TTL: that marker is the tombstone that
+makes a forgotten task read as ``expired`` rather than unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from hub.buffers import HeadTail
+from hub.config import Settings
+from hub.errors import Conflict, PayloadTooLarge, StaleAttempt, TaskExpired, TaskNotFound
+from hub.lifecycle import fence
+from hub.model import TaskRecord
+from hub.nats import subjects
+from hub.nats.errors import is_wrong_last_sequence, nats_errors
+
+__all__ = ("BUFFERS", "Journal", "WatchEvent")
+
+log = logging.getLogger(__name__)
+
+BUFFERS = ("stdout", "thoughts")
+CAS_RETRIES = 10
+CACHE_SIZE = 20_000
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
+
+Update = Callable[[TaskRecord], TaskRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change seen by a watcher: a new record, or new bytes of a buffer from ``offset``."""
+
+    kind: Literal["record", "stdout", "thoughts"]
+    record: TaskRecord | None = None
+    data: bytes = b""
+    offset: int = 0
+    skipped: int = 0
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    attempt: int
+    data: bytearray
+
+
+class Journal:
+    """Records and buffers of every task; one instance per replica (per NATS connection)."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
+        self.nc, self.js, self.settings = nc, js, settings
+        self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
+        self._cache: OrderedDict[str, tuple[TaskRecord, int]] = OrderedDict()
+        self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reread: set[asyncio.Queue[Msg | None]] = set()
+        self.writes = 0
+
+    # -- raw key access -------------------------------------------------------------------
+
+    def _subject(self, key: str) -> str:
+        return f"$KV.{subjects.JOURNAL_BUCKET}.{key}"
+
+    async def _read(self, key: str) -> tuple[bytes | None, int]:
+        """(value, revision); value None for a tombstone; (None, 0) when the key never existed."""
+        with nats_errors(f"read {key}"):
+            try:
+                msg = await self.js.get_last_msg(self._stream, self._subject(key), direct=True)
+            except nats.js.errors.NotFoundError:
+                return None, 0
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or any(
+            h in headers for h in _TOMBSTONE_HEADERS
+        ):
+            return None, msg.seq or 0
+        return msg.data or b"", msg.seq or 0
+
+    async def _write(self, key: str, value: bytes, last: int, ttl_s: float | None = None) -> int:
+        """Compare-and-set ``key`` (``last=0``: only if it does not exist); the new revision."""
+        ttl = math.ceil(ttl_s) if ttl_s else None
+        with nats_errors(f"write {key}"):
+            ack = await self.js.publish(
+                self._subject(key), value, headers={EXPECTED_LAST: str(last)}, msg_ttl=ttl
+            )
+        self.writes += 1
+        return ack.seq
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _remember(self, record: TaskRecord, revision: int) -> None:
+        self._cache[record.id] = (record, revision)
+        self._cache.move_to_end(record.id)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        """Record a new task; if the id exists, the existing record and False (idempotent)."""
+        try:
+            revision = await self._write(subjects.record_key(record.id), record.to_json(), 0)
+        except nats.js.errors.APIError as exc:
+            if not is_wrong_last_sequence(exc):
+                raise
+            existing, _ = await self.read(record.id, fresh=True)
+            return existing, False
+        self._remember(record, revision)
+        return record, True
+
+    async def read(self, task_id: str, *, fresh: bool = False) -> tuple[TaskRecord, int]:
+        """The record and its revision; TaskNotFound or TaskExpired (tombstone) otherwise."""
+        if not fresh and task_id in self._cache:
+            return self._cache[task_id]
+        value, revision = await self._read(subjects.record_key(task_id))
+        if value is None:
+            self._cache.pop(task_id, None)
+            if revision:
+                raise TaskExpired(task_id)
+            raise TaskNotFound(task_id)
+        record = TaskRecord.from_json(value)
+        self._remember(record, revision)
+        return record, revision
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return (await self.read(task_id, fresh=True))[0]
+
+    async def update(self, task_id: str, change: Update) -> TaskRecord:
+        """Apply a pure transition by compare-and-set, re-reading and re-applying on conflict.
+
+        ``change`` may raise a HubError (stale attempt, already finished): nothing is written.
+        """
+        for attempt in range(CAS_RETRIES):
+            record, revision = await self.read(task_id, fresh=attempt > 0)
+            new = change(record)
+            if new is record:
+                return record
+            ttl = self.settings.result_ttl_s if new.terminal else None
+            try:
+                revision = await self._write(
+                    subjects.record_key(task_id), new.to_json(), revision, ttl
+                )
+            except nats.js.errors.APIError as exc:
+                if not is_wrong_last_sequence(exc):
+                    raise
+                self._cache.pop(task_id, None)
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            self._remember(new, revision)
+            return new
+        raise Conflict(f"task {task_id!r}: journal update kept conflicting")
+
+    # -- buffers ----------------------------------------------------------------------------
+
+    def append(self, task_id: str, name: str, attempt: int, data: bytes) -> None:
+        """Queue output for the buffer; it is written after the coalescing window.
+
+        Refuses at once what this replica already knows is stale; the flush checks again
+        against the journal, so output from a fenced holder never lands.
+        """
+        subjects.buffer_key(task_id, name)
+        if len(data) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(name, len(data), self.settings.max_payload_bytes)
+        cached = self._cache.get(task_id)
+        if cached is not None:
+            fence(cached[0], attempt)
+        key = (task_id, name)
+        pending = self._pending.get(key)
+        if pending is not None and pending.attempt != attempt:
+            self._schedule(key, 0.0)
+            pending = None
+        if pending is None:
+            self._pending[key] = pending = _Pending(attempt, bytearray())
+        pending.data += data
+        self._schedule(key, self.settings.append_coalesce_ms / 1000)
+
+    def _schedule(self, key: tuple[str, str], delay: float) -> None:
+        if key not in self._flushers:
+            self._flushers[key] = asyncio.get_running_loop().create_task(
+                self._flush_later(key, delay)
+            )
+
+    async def _flush_later(self, key: tuple[str, str], delay: float) -> None:
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self._flushers.pop(key, None)
+        try:
+            await self._flush_key(key)
+        except Exception as exc:
+            log.warning("buffer flush failed task=%s buffer=%s: %s", key[0], key[1], exc)
+
+    async def flush(self, task_id: str) -> None:
+        """Write this task's pending output now (before its terminal record, so a waiter that
+        sees the result also sees all the output)."""
+        for name in BUFFERS:
+            key = (task_id, name)
+            task = self._flushers.pop(key, None)
+            if task is not None:
+                task.cancel()
+            await self._flush_key(key)
+
+    async def _flush_key(self, key: tuple[str, str]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None or not pending.data:
+            return
+        task_id, name = key
+        record, _ = await self.read(task_id, fresh=True)
+        fence(record, pending.attempt)
+        s = self.settings
+        buffer_key = subjects.buffer_key(task_id, name)
+        for attempt in range(CAS_RETRIES):
+            buffer, revision = await self.read_buffer(task_id, name, fresh=attempt > 0)
+            if buffer.attempt > pending.attempt:
+                raise StaleAttempt(task_id, pending.attempt, buffer.attempt)
+            if buffer.attempt < pending.attempt:
+                buffer = HeadTail(attempt=pending.attempt)
+            new = buffer.append(bytes(pending.data), s.journal_head_bytes, s.journal_tail_bytes)
+            try:
+                revision = await self._write(buffer_key, new.to_json(), revision, self._buffer_ttl)
+            except nats.js.errors.APIError as exc:
+                if not is_wrong_last_sequence(exc):
+                    raise
+                self._buffers.pop(buffer_key, None)
+                continue
+            self._buffers[buffer_key] = (new, revision)
+            if len(self._buffers) > CACHE_SIZE:
+                self._buffers.popitem(last=False)
+            return
+        raise Conflict(f"task {task_id!r}: {name} buffer kept conflicting")
+
+    @property
+    def _buffer_ttl(self) -> float:
+        """Buffers outlive their record's result TTL; a silent task's output is kept as long."""
+        return 2 * self.settings.result_ttl_s
+
+    async def read_buffer(
+        self, task_id: str, name: str, *, fresh: bool = True
+    ) -> tuple[HeadTail, int]:
+        key = subjects.buffer_key(task_id, name)
+        if not fresh and key in self._buffers:
+            return self._buffers[key]
+        value, revision = await self._read(key)
+        buffer = HeadTail.from_json(value) if value else HeadTail()
+        self._buffers[key] = (buffer, revision)
+        return buffer, revision
+
+    # -- wait and watch ---------------------------------------------------------------------
+
+    def reconnected(self) -> None:
+        """After a reconnect, every waiter re-reads: a change during the outage is not missed."""
+        for queue in self._reread:
+            queue.put_nowait(None)
+
+    @contextlib.asynccontextmanager
+    async def _feed(self, task_id: str, buffers: bool) -> AsyncIterator[asyncio.Queue[Msg | None]]:
+        """Committed writes of this task's keys, from the bucket's republish (one core
+        subscription per key pattern, no JetStream consumer). ``None`` means "re-read"."""
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        key = subjects.record_key(task_id)
+        subs = [await self.nc.subscribe(subjects.journal_feed_subject(key), cb=queue.put)]
+        if buffers:
+            pattern = subjects.journal_feed_subject(f"{key}.*")
+            subs.append(await self.nc.subscribe(pattern, cb=queue.put))
+        self._reread.add(queue)
+        try:
+            yield queue
+        finally:
+            self._reread.discard(queue)
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+        """The record once terminal, or as it stands at the deadline.
+
+        Subscribes before reading, so a result written in between is not missed; an unknown
+        task raises TaskNotFound at once, an expired one TaskExpired.
+        """
+        async with self._feed(task_id, buffers=False) as queue:
+            record = await self.get(task_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    while not record.terminal:
+                        msg = await queue.get()
+                        if msg is None:
+                            record = await self._reread_record(task_id, record)
+                        else:
+                            record = self._from_feed(task_id, msg) or record
+            return record
+
+    async def _reread_record(self, task_id: str, known: TaskRecord) -> TaskRecord:
+        try:
+            return await self.get(task_id)
+        except TaskExpired:
+            raise
+        except Exception as exc:
+            log.debug("re-read after reconnect failed task=%s: %s", task_id, exc)
+            return known
+
+    def _from_feed(self, task_id: str, msg: Msg) -> TaskRecord | None:
+        headers = msg.headers or {}
+        if not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS):
+            raise TaskExpired(task_id)
+        record = TaskRecord.from_json(msg.data)
+        with contextlib.suppress(ValueError):
+            self._remember(record, int(headers.get("Nats-Sequence", "0")))
+        return record
+
+    async def watch(
+        self, task_id: str, offsets: dict[str, int] | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """The record and each change to it, and new buffer bytes from the given offsets, until
+        the task is terminal and its output written. Survives a NATS reconnect."""
+        offsets = dict.fromkeys(BUFFERS, 0) | (offsets or {})
+        attempts = dict.fromkeys(BUFFERS, -1)
+        async with self._feed(task_id, buffers=True) as queue:
+            record = await self.get(task_id)
+            yield WatchEvent("record", record=record)
+            pending: list[Msg | None] = [None]  # start with a full read of the buffers
+            while True:
+                for msg in pending:
+                    if msg is None:
+                        new = await self._reread_record(task_id, record)
+                        sources = [(n, (await self.read_buffer(task_id, n))[0]) for n in BUFFERS]
+                    elif msg.subject.endswith(".stdout") or msg.subject.endswith(".thoughts"):
+                        name = msg.subject.rsplit(".", 1)[1]
+                        new, sources = record, [(name, HeadTail.from_json(msg.data))]
+                    else:
+                        new, sources = self._from_feed(task_id, msg) or record, []
+                    for name, buffer in sources:
+                        if buffer.attempt != attempts[name] and attempts[name] >= 0:
+                            offsets[name] = 0
+                        attempts[name] = buffer.attempt
+                        if buffer.total > offsets[name]:
+                            data, skipped = buffer.since(offsets[name])
+                            yield WatchEvent(
+                                name,  # type: ignore[arg-type]
+                                data=data,
+                                offset=offsets[name] + skipped,
+                                skipped=skipped,
+                                attempt=buffer.attempt,
+                            )
+                            offsets[name] = buffer.total
+                    if new is not record:
+                        record = new
+                        yield WatchEvent("record", record=record)
+                if record.terminal:
+                    return
+                pending = [await queue.get()]
+                while not queue.empty():
+                    pending.append(queue.get_nowait())

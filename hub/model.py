@@ -1,0 +1,265 @@
+"""The task's data: priorities, routes, statuses, the spec an agent submits and the journal record.
+
+Everything here is a frozen value with a JSON codec; the journal stores these as readable JSON so
+that ``nats kv get hub_journal task.<id>`` shows a person what happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from hub.errors import InvalidTask, PayloadTooLarge
+
+__all__ = (
+    "ACTIVE",
+    "TERMINAL",
+    "AttemptInfo",
+    "Priority",
+    "Route",
+    "Status",
+    "TaskRecord",
+    "TaskSpec",
+    "decode_bytes",
+    "encode_bytes",
+    "new_task_id",
+    "validate_node_id",
+)
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CAP = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_KIND = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+MAX_CAPABILITIES = 8
+MAX_HISTORY = 20
+
+
+class Priority(enum.IntEnum):
+    """Lower value is served first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str | int | Priority) -> Priority:
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, int):
+            try:
+                return cls(value)
+            except ValueError:
+                raise InvalidTask(f"priority {value} is not one of 0..3") from None
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(p.label for p in cls)
+            raise InvalidTask(f"priority {value!r} is not one of {names}") from None
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+    EXPIRED = "expired"
+
+
+ACTIVE = frozenset({Status.CLAIMED, Status.RUNNING})
+TERMINAL = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.DEAD, Status.EXPIRED}
+)
+
+
+def validate_node_id(node_id: str) -> str:
+    if not _TOKEN.match(node_id or ""):
+        raise InvalidTask(f"node id {node_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    return node_id
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who may run a task: any node, exactly one node, or nodes with all these capabilities."""
+
+    node: str = ""
+    capabilities: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.node and self.capabilities:
+            raise InvalidTask("a route names a node or capabilities, not both")
+        if self.node:
+            validate_node_id(self.node)
+        if len(self.capabilities) > MAX_CAPABILITIES:
+            raise InvalidTask(f"at most {MAX_CAPABILITIES} required capabilities")
+        for cap in self.capabilities:
+            if not _CAP.match(cap):
+                raise InvalidTask(f"capability {cap!r} must match {_CAP.pattern}")
+
+    @property
+    def kind(self) -> str:
+        return "node" if self.node else "cap" if self.capabilities else "any"
+
+    def can_run_on(self, node_id: str, capabilities: frozenset[str]) -> bool:
+        if self.node:
+            return self.node == node_id
+        return self.capabilities <= capabilities
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "capabilities": sorted(self.capabilities)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Route:
+        return cls(node=data.get("node", ""), capabilities=frozenset(data.get("capabilities", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What an agent submits; validated on construction so nothing malformed reaches NATS."""
+
+    kind: str
+    payload: bytes = b""
+    priority: Priority = Priority.NORMAL
+    route: Route = field(default_factory=Route)
+    id: str = ""
+    max_attempts: int = 0
+    timeout_s: float = 0.0
+
+    def validated(self, max_payload_bytes: int, default_attempts: int) -> TaskSpec:
+        """Return the spec with defaults filled in, or raise InvalidTask naming the field."""
+        task_id = self.id or new_task_id()
+        if not _TOKEN.match(task_id):
+            raise InvalidTask(f"task id {task_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
+        if not _KIND.match(self.kind or ""):
+            raise InvalidTask(f"kind {self.kind!r} must be 1-64 of A-Z a-z 0-9 _ . : / -")
+        if len(self.payload) > max_payload_bytes:
+            raise PayloadTooLarge("payload", len(self.payload), max_payload_bytes)
+        if not 0 <= self.max_attempts <= 1000:
+            raise InvalidTask("max_attempts must be between 1 and 1000 (0 = the default)")
+        if not 0 <= self.timeout_s <= 7 * 86400:
+            raise InvalidTask("timeout_s must be between 0 and 7 days (0 = none)")
+        return dataclasses.replace(
+            self,
+            id=task_id,
+            priority=Priority.parse(self.priority),
+            max_attempts=self.max_attempts or default_attempts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One line of a task's attempt history (kept in the record and carried into the DLQ)."""
+
+    attempt: int
+    node: str
+    started_at: float
+    ended_at: float = 0.0
+    outcome: str = ""
+    error: str = ""
+
+
+def encode_bytes(data: bytes) -> str:
+    """Bytes as JSON text: readable UTF-8 where possible, exact always (bad bytes escape)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def decode_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The journal's record of one task: ``task.<id>`` in ``hub_journal``.
+
+    ``attempt`` is the fencing epoch: it only grows, across redeliveries and DLQ replays.
+    ``tries`` counts attempts within the current generation (what ``max_attempts`` bounds);
+    ``generation`` grows with each replay and is part of the message id, so a replay inside the
+    dedupe window is not dropped as a duplicate.
+    """
+
+    id: str
+    kind: str
+    priority: Priority
+    route: Route
+    status: Status
+    created_at: float
+    updated_at: float
+    max_attempts: int
+    timeout_s: float = 0.0
+    payload_bytes: int = 0
+    generation: int = 1
+    queued_at: float = 0.0
+    attempt: int = 0
+    tries: int = 0
+    deliveries: int = 0
+    seq: int = 0
+    node: str = ""
+    ack_subject: str = ""
+    lease_deadline: float = 0.0
+    claimed_at: float = 0.0
+    finished_at: float = 0.0
+    result: bytes = b""
+    error: str = ""
+    history: tuple[AttemptInfo, ...] = ()
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def to_json(self) -> bytes:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["priority"] = self.priority.label
+        data["route"] = self.route.to_json()
+        data["status"] = self.status.value
+        data["result"], data["result_encoding"] = _result_text(self.result)
+        data["history"] = [dataclasses.asdict(h) for h in self.history]
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        data = json.loads(raw)
+        data["priority"] = Priority.parse(data["priority"])
+        data["route"] = Route.from_json(data["route"])
+        data["status"] = Status(data["status"])
+        data["result"] = _result_bytes(data.get("result", ""), data.get("result_encoding", "utf-8"))
+        data["history"] = tuple(AttemptInfo(**h) for h in data.get("history", ()))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _result_text(result: bytes) -> tuple[str, str]:
+    """A result as JSON text: UTF-8 when it is (readable), base64 otherwise (compact, exact)."""
+    try:
+        return result.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(result).decode(), "base64"
+
+
+def _result_bytes(text: str, encoding: str) -> bytes:
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise InvalidTask("journal record has a corrupt base64 result") from None
+    return text.encode()

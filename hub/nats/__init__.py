@@ -1,0 +1,1 @@
+"""Everything that speaks to NATS: the embedded server, names, connection and error mapping."""

@@ -1,0 +1,179 @@
+"""Provision the hub's streams, buckets and consumers: idempotent, loud about what it cannot do.
+
+Run at every replica start. Twice changes nothing; against streams made with other settings it
+updates what JetStream allows and raises a clear error for what it does not (e.g. retention).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from hub.config import Settings
+from hub.errors import InvalidSettings
+from hub.model import Priority, Route
+from hub.nats import subjects
+from hub.nats.errors import nats_errors
+
+__all__ = ("Topology",)
+
+log = logging.getLogger(__name__)
+
+STREAM_IN_USE = 10058
+IDLE_CONSUMER_S = 24 * 3600.0
+
+
+class Topology:
+    """The hub's JetStream objects for one connection, with consumers created on demand."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+        self.js, self.settings = js, settings
+        self._consumers: set[tuple[str, str]] = set()
+        self.journal: KeyValue
+        self.nodes: KeyValue
+
+    def task_stream(self, priority: Priority) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(
+            name=subjects.stream_name(priority),
+            description=f"hub work queue, priority {priority.label}",
+            subjects=[subjects.stream_subjects(priority)],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=s.stream_replicas,
+            duplicate_window=s.dedupe_window_s,
+            max_msg_size=s.max_payload_bytes + 8192,
+            # No max_age: the hub enforces the task TTL on unclaimed tasks only (DESIGN "Traps").
+            republish=RePublish(
+                src=subjects.stream_subjects(priority),
+                dest=subjects.bell_subject(priority),
+                headers_only=True,
+            ),
+        )
+
+    def dlq_stream(self) -> StreamConfig:
+        return StreamConfig(
+            name=subjects.DLQ_STREAM,
+            description="hub dead letters: tasks that used up their attempts",
+            subjects=[subjects.dlq_subject("*")],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.settings.stream_replicas,
+            max_msgs_per_subject=1,
+            max_msg_size=self.settings.max_payload_bytes + 65536,
+            allow_direct=True,
+        )
+
+    def bucket_stream(self, bucket: str, *, ttl: float, marker_ttl: float | None) -> StreamConfig:
+        """The stream behind a KV bucket, as nats-py builds it, so it can also be updated."""
+        republish = None
+        if bucket == subjects.JOURNAL_BUCKET:
+            republish = RePublish(src=f"$KV.{bucket}.>", dest=subjects.journal_feed_subject())
+        return StreamConfig(
+            name=f"KV_{bucket}",
+            subjects=[f"$KV.{bucket}.>"],
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            allow_msg_ttl=True,
+            deny_delete=True,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=min(120.0, ttl) if ttl else 120.0,
+            max_age=ttl,
+            max_consumers=-1,
+            max_msg_size=self.settings.journal_value_bytes,
+            max_msgs=-1,
+            max_msgs_per_subject=1,
+            num_replicas=self.settings.stream_replicas,
+            storage=StorageType.FILE,
+            republish=republish,
+            subject_delete_marker_ttl=marker_ttl,
+        )
+
+    async def ensure(self) -> None:
+        for priority in Priority:
+            await self._stream(self.task_stream(priority))
+            await self.ensure_consumer(priority, Route())
+        await self._stream(self.dlq_stream())
+        # Journal keys have no bucket TTL (that would delete running tasks' records silently);
+        # finished records carry a per-key TTL, and the expiry marker is the tombstone.
+        await self._stream(
+            self.bucket_stream(
+                subjects.JOURNAL_BUCKET, ttl=0, marker_ttl=self.settings.result_ttl_s
+            )
+        )
+        await self._stream(
+            self.bucket_stream(
+                subjects.NODES_BUCKET, ttl=max(30.0, 6 * self.settings.heartbeat_s), marker_ttl=None
+            )
+        )
+        with nats_errors("bind buckets"):
+            self.journal = await self.js.key_value(subjects.JOURNAL_BUCKET)
+            self.nodes = await self.js.key_value(subjects.NODES_BUCKET)
+
+    async def _stream(self, config: StreamConfig) -> None:
+        with nats_errors(f"create stream {config.name}"):
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_IN_USE:
+                    raise InvalidSettings(f"stream {config.name}: {exc.description}") from exc
+            try:
+                await self.js.update_stream(config)
+                log.warning("stream %s existed with other settings; updated", config.name)
+            except nats.js.errors.APIError as exc:
+                raise InvalidSettings(
+                    f"stream {config.name} exists with settings JetStream cannot change "
+                    f"({exc.description}); remove it or match the settings"
+                ) from exc
+
+    async def ensure_consumer(self, priority: Priority, route: Route) -> subjects.ConsumerName:
+        """The durable pull consumer for (priority, route), created once per replica."""
+        name = subjects.consumer_for(priority, route)
+        if (name.stream, name.durable) in self._consumers:
+            return name
+        config = ConsumerConfig(
+            durable_name=name.durable,
+            filter_subject=name.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.ack_wait_s,
+            # The hub counts attempts in the journal and moves a task to the DLQ itself: a
+            # message that used up max_deliver would otherwise stay in the work queue.
+            max_deliver=-1,
+            max_ack_pending=-1,
+            max_waiting=4096,
+            inactive_threshold=None if route.kind == "any" else IDLE_CONSUMER_S,
+        )
+        with nats_errors(f"create consumer {name.stream}/{name.durable}"):
+            await self.js.add_consumer(name.stream, config)
+        self._consumers.add((name.stream, name.durable))
+        return name
+
+    def forget_consumers(self) -> None:
+        """After a server restart, an idle consumer may have been removed: re-create on use."""
+        self._consumers.clear()
+
+    async def routes(self, priority: Priority) -> list[Route]:
+        """Routes that have a consumer on this priority's stream (found by listing)."""
+        with nats_errors("list consumers"):
+            infos = await self.js.consumers_info(subjects.stream_name(priority))
+        out = []
+        for info in infos:
+            route = subjects.route_of_durable(info.name or "")
+            if route is not None:
+                out.append(route)
+        return out

@@ -1,0 +1,419 @@
+"""The work pool: submit, hand work to nodes, and carry each task to its end.
+
+Every operation is: read the journal, decide with a pure transition (``hub.lifecycle``), write
+by compare-and-set, then act on the message through its ack subject. Deciding in the journal
+first is what fences a stale holder: JetStream matches acks by stream sequence, so an ack from a
+node whose lease expired would otherwise act on the new holder's delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from hub import lifecycle
+from hub.config import Settings
+from hub.errors import HubError, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
+from hub.journal import Journal
+from hub.lifecycle import Verdict
+from hub.model import Priority, Route, Status, TaskRecord, TaskSpec
+from hub.nats import subjects
+from hub.nats.errors import nats_errors
+from hub.nats.topology import Topology
+from hub.queue import DeadLetter, Delivery, Queue
+from hub.scheduling import PriorityScheduler
+
+__all__ = ("Counts", "Grant", "Pool", "Taker")
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+ROUTE_REFRESH_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Taker:
+    """A node that can take work now: its id, capabilities and free slots."""
+
+    node: str
+    capabilities: frozenset[str] = frozenset()
+    free: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A claimed task, as handed to its node: the record (attempt, lease) and the payload."""
+
+    record: TaskRecord
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    queued: dict[str, int]
+    oldest_age_s: dict[str, float]
+    in_flight: int
+    dead: int
+
+
+class _Skip(Exception):
+    """Raised inside a journal update when the delivery must not be claimed."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+
+
+class Pool:
+    def __init__(
+        self,
+        nc: NATS,
+        topology: Topology,
+        journal: Journal,
+        queue: Queue,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nc, self.topology, self.journal, self.queue = nc, topology, journal, queue
+        self.settings, self.clock = settings, clock
+        self.scheduler = PriorityScheduler(settings.starvation_limit)
+        self.bell = asyncio.Event()
+        self._cap_routes: dict[Priority, set[frozenset[str]]] = {p: set() for p in Priority}
+        self._routes_at = 0.0
+        self._bell_sub: object | None = None
+
+    async def start(self) -> None:
+        """Listen to the doorbell: each stored task rings it (headers only) with its subject."""
+        self._bell_sub = await self.nc.subscribe(subjects.bell_subject(), cb=self._ring)
+
+    async def _ring(self, msg: Msg) -> None:
+        with contextlib.suppress(HubError):
+            priority, route, _ = subjects.parse_task_subject(msg.subject)
+            if route.capabilities:
+                self._cap_routes[priority].add(route.capabilities)
+        self.bell.set()
+
+    # -- submit -----------------------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec) -> tuple[TaskRecord, bool]:
+        """Record and enqueue a task; the existing record if the id was seen (idempotent, also
+        long after the dedupe window, because the journal remembers the id)."""
+        spec = spec.validated(self.settings.max_payload_bytes, self.settings.max_attempts)
+        if spec.route.capabilities:
+            await self.topology.ensure_consumer(spec.priority, spec.route)
+        record, created = await self.journal.create(lifecycle.submitted(spec, self.clock()))
+        if created or (record.status is Status.QUEUED and not record.tries):
+            # A retried submit republishes: the message id makes it a no-op inside the dedupe
+            # window, and if the first publish never landed this is what stores it.
+            await self.queue.publish(record, spec.payload)
+        log.info(
+            "submitted task=%s kind=%s priority=%s route=%s new=%s",
+            record.id,
+            record.kind,
+            record.priority.label,
+            record.route.kind,
+            created,
+        )
+        return record, created
+
+    # -- offer and claim --------------------------------------------------------------------
+
+    async def _routes(self, priority: Priority, takers: Sequence[Taker]) -> list[Route]:
+        now = time.monotonic()
+        if now - self._routes_at > ROUTE_REFRESH_S:
+            self._routes_at = now
+            for p in Priority:
+                for route in await self.topology.routes(p):
+                    if route.capabilities:
+                        self._cap_routes[p].add(route.capabilities)
+        routes = [Route(node=t.node) for t in takers]
+        routes += [Route(capabilities=c) for c in sorted(self._cap_routes[priority], key=sorted)]
+        return [*routes, Route()]
+
+    async def fetch(self, takers: Sequence[Taker]) -> list[tuple[str, Delivery]]:
+        """Pull at most as many tasks as the takers have free slots, priority first.
+
+        Only routes some taker can run are pulled, and only as many as those takers can take
+        now (no hoarding): what is not pulled stays in the stream for other replicas.
+        """
+        free = {t.node: t.free for t in takers if t.free > 0}
+        out: list[tuple[str, Delivery]] = []
+        for priority in self.scheduler.order():
+            if not any(free.values()):
+                break
+            got = 0
+            for route in await self._routes(priority, takers):
+                eligible = [
+                    t
+                    for t in takers
+                    if free.get(t.node, 0) > 0 and route.can_run_on(t.node, t.capabilities)
+                ]
+                if not eligible:
+                    continue
+                name = await self.topology.ensure_consumer(priority, route)
+                batch = sum(free[t.node] for t in eligible)
+                for delivery in await self.queue.pull(name, batch):
+                    taker = max(eligible, key=lambda t: free[t.node])
+                    free[taker.node] -= 1
+                    out.append((taker.node, delivery))
+                    got += 1
+            if got:
+                self.scheduler.served(priority, got)
+            else:
+                self.scheduler.empty(priority)
+        return out
+
+    async def claim(self, delivery: Delivery, node: str) -> Grant | None:
+        """Record ``node`` as the holder of a delivered task, or dispose of the delivery.
+
+        None means the message was not for running: a finished, cancelled or duplicate task is
+        acked away, and one that used up its attempts is moved to the DLQ.
+        """
+        now = self.clock()
+
+        def change(record: TaskRecord) -> TaskRecord:
+            verdict = lifecycle.judge_delivery(record, delivery.seq, delivery.generation)
+            if verdict is not Verdict.CLAIM:
+                raise _Skip(verdict)
+            return lifecycle.claim(
+                record,
+                node=node,
+                seq=delivery.seq,
+                deliveries=delivery.deliveries,
+                generation=delivery.generation,
+                ack_subject=delivery.ack_subject,
+                lease_s=self.settings.ack_wait_s,
+                now=now,
+            )
+
+        try:
+            record = await self.journal.update(delivery.task_id, change)
+        except (TaskNotFound, TaskExpired):
+            log.warning("dropping message of unknown task=%s", delivery.task_id)
+            await self.queue.ack(delivery.ack_subject)
+            return None
+        except _Skip as skip:
+            if skip.verdict is Verdict.DEAD:
+                await self._bury(delivery.task_id, delivery.ack_subject, delivery.payload)
+            else:
+                await self.queue.ack(delivery.ack_subject)
+            return None
+        log.info(
+            "claimed task=%s attempt=%d node=%s delivery=%d",
+            record.id,
+            record.attempt,
+            node,
+            delivery.deliveries,
+        )
+        return Grant(record, delivery.payload)
+
+    async def take(
+        self, node: str, capabilities: frozenset[str] = frozenset(), slots: int = 1
+    ) -> list[Grant]:
+        """Fetch and claim in one step, for a node that runs in this process (and tests)."""
+        grants = []
+        for taker_node, delivery in await self.fetch([Taker(node, capabilities, slots)]):
+            grant = await self.claim(delivery, taker_node)
+            if grant is not None:
+                grants.append(grant)
+        return grants
+
+    async def unoffer(self, delivery: Delivery) -> None:
+        """An offer nobody claimed goes straight back to the queue."""
+        await self.queue.nak(delivery.ack_subject)
+
+    # -- run --------------------------------------------------------------------------------
+
+    async def begin(self, task_id: str, attempt: int, node: str = "") -> TaskRecord:
+        now = self.clock()
+        return await self.journal.update(task_id, lambda r: lifecycle.start(r, attempt, now, node))
+
+    async def extend(self, task_id: str, attempt: int, node: str = "") -> TaskRecord:
+        """Heartbeat: checked against the journal first, then ``+WPI`` on the ack subject."""
+        now = self.clock()
+        lease = self.settings.ack_wait_s
+        record = await self.journal.update(
+            task_id, lambda r: lifecycle.extend(r, attempt, lease, now, node)
+        )
+        await self.queue.extend(record.ack_subject)
+        return record
+
+    async def complete(
+        self, task_id: str, attempt: int, result: bytes, node: str = ""
+    ) -> TaskRecord:
+        """First result wins (compare-and-set), then the confirmed ack removes the message."""
+        if len(result) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge("result", len(result), self.settings.max_payload_bytes)
+        await self.journal.flush(task_id)
+        now = self.clock()
+        record = await self.journal.update(
+            task_id, lambda r: lifecycle.succeed(r, attempt, result, now, node)
+        )
+        await self.queue.ack(record.ack_subject)
+        log.info("succeeded task=%s attempt=%d node=%s", task_id, attempt, record.node)
+        return record
+
+    async def fail(
+        self, task_id: str, attempt: int, error: str, *, retry: bool = True, node: str = ""
+    ) -> TaskRecord:
+        """A failed attempt: retried after the backoff, failed for good, or moved to the DLQ."""
+        await self.journal.flush(task_id)
+        now = self.clock()
+        record = await self.journal.update(
+            task_id, lambda r: lifecycle.fail(r, attempt, error[:4096], now, retry=retry, node=node)
+        )
+        await self._settle(record, self.settings.backoff_for(record.tries))
+        log.info("failed task=%s attempt=%d status=%s: %s", task_id, attempt, record.status, error)
+        return record
+
+    async def release(
+        self, task_id: str, attempt: int, *, reason: str, counts: bool, node: str = ""
+    ) -> TaskRecord:
+        """Hand a task back: at once, to be claimed again (a lost node's try still counts)."""
+        now = self.clock()
+        record = await self.journal.update(
+            task_id,
+            lambda r: lifecycle.release(r, attempt, now, reason=reason, counts=counts, node=node),
+        )
+        await self._settle(record, 0.0)
+        log.info("released task=%s attempt=%d: %s", task_id, attempt, reason)
+        return record
+
+    async def _settle(self, record: TaskRecord, delay_s: float) -> None:
+        """Act on the message after a failure or hand-back was recorded."""
+        if record.status is Status.QUEUED:
+            await self.queue.nak(record.ack_subject, delay_s)
+        elif record.status is Status.DEAD:
+            await self._bury(record.id, record.ack_subject, None)
+        else:
+            await self.queue.ack(record.ack_subject)
+
+    async def _bury(self, task_id: str, ack_subject: str, payload: bytes | None) -> None:
+        """Move a task to HUB_DLQ with its error and history, then remove it from the queue.
+
+        Each step is idempotent, so a move cut short by a crash is finished by the next
+        delivery of the same message (its verdict is DEAD again).
+        """
+        now = self.clock()
+        record = await self.journal.update(
+            task_id,
+            lambda r: (
+                r
+                if r.status is Status.DEAD
+                else lifecycle.dead(r, now, r.error or f"gave up after {r.tries} attempts")
+            ),
+        )
+        if payload is None:
+            found = await self.queue.message(record)
+            payload = found[0] if found else b""
+        letter = DeadLetter(
+            task_id=record.id,
+            kind=record.kind,
+            generation=record.generation,
+            subject=subjects.task_subject(record.priority, record.route, record.id),
+            payload=payload,
+            error=record.error,
+            history=[dataclasses.asdict(h) for h in record.history],
+            dead_at=record.finished_at,
+        )
+        await self.queue.bury(letter)
+        await self.queue.ack(ack_subject)
+        log.warning("dead task=%s attempts=%d: %s", task_id, record.tries, record.error)
+
+    # -- operator actions -------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> tuple[TaskRecord, TaskRecord]:
+        """Cancel a queued or running task; (before, after). A running task's node is told to
+        stop by whoever holds its stream; its later messages are refused (AlreadyFinished)."""
+        before = await self.journal.get(task_id)
+        now = self.clock()
+        after = await self.journal.update(task_id, lambda r: lifecycle.cancel(r, now))
+        if before.status is Status.QUEUED:
+            await self.queue.remove(after)
+        elif after.ack_subject:
+            await self.queue.ack(after.ack_subject)
+        with nats_errors("notify cancel"):
+            await self.nc.publish(subjects.cancel_subject(task_id), after.to_json())
+        log.info("cancelled task=%s was=%s", task_id, before.status)
+        return before, after
+
+    async def replay(self, task_id: str) -> TaskRecord:
+        """A dead task back to its queue as a new generation (new message id, fresh tries).
+
+        Publish first, then the journal: if the journal write is lost the claim of the new
+        generation's message catches the journal up, so the task is never stuck.
+        """
+        record = await self.journal.get(task_id)
+        letter = await self.queue.dead_letter(task_id)
+        if letter is None:
+            raise WrongState(task_id, record.status, "replay (no dead letter)")
+        if record.status is Status.DEAD and record.generation == letter.generation:
+            now = self.clock()
+            await self.queue.publish(lifecycle.replay(record, now), letter.payload)
+            record = await self.journal.update(
+                task_id,
+                lambda r: lifecycle.replay(r, now) if r.generation == letter.generation else r,
+            )
+        elif record.generation <= letter.generation:
+            raise WrongState(task_id, record.status, "replay")
+        await self.queue.unbury(task_id)
+        log.info("replayed task=%s generation=%d", task_id, record.generation)
+        return record
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        return await self.queue.dead_letters(limit)
+
+    async def purge_dead(self, task_id: str = "") -> int:
+        letters = [await self.queue.dead_letter(task_id)] if task_id else await self.dead_letters()
+        count = 0
+        for letter in letters:
+            if letter is not None:
+                await self.queue.unbury(letter.task_id)
+                count += 1
+        return count
+
+    async def sweep_expired(self) -> int:
+        """Expire unclaimed tasks older than the task TTL; the stream's oldest messages first."""
+        now, ttl, expired = self.clock(), self.settings.task_ttl_s, 0
+        for priority in Priority:
+            seq = 0
+            for _ in range(SWEEP_BATCH):
+                found = await self.queue.oldest(priority, seq)
+                if found is None:
+                    break
+                seq, subject, stamp = found
+                if now - stamp < ttl:
+                    break
+                try:
+                    _, _, task_id = subjects.parse_task_subject(subject)
+                    record = await self.journal.update(
+                        task_id, lambda r: lifecycle.expire(r, now, ttl)
+                    )
+                except (WrongState, TaskNotFound, TaskExpired):
+                    continue
+                await self.queue.remove(record)
+                expired += 1
+                log.info("expired task=%s unclaimed for %.0f s", task_id, now - stamp)
+        return expired
+
+    async def counts(self) -> Counts:
+        queued, oldest, in_flight = {}, {}, 0
+        now = self.clock()
+        for priority in Priority:
+            messages, first = await self.queue.depth(priority)
+            with nats_errors("consumer info"):
+                infos = await self.topology.js.consumers_info(subjects.stream_name(priority))
+            flying = sum(i.num_ack_pending or 0 for i in infos)
+            in_flight += flying
+            queued[priority.label] = max(messages - flying, 0)
+            oldest[priority.label] = max(now - first, 0.0) if messages else 0.0
+        with nats_errors("dlq info"):
+            dead = (await self.topology.js.stream_info(subjects.DLQ_STREAM)).state.messages
+        return Counts(queued, oldest, in_flight, dead)

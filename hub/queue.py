@@ -1,0 +1,286 @@
+"""Task messages in the priority work-queue streams and the dead-letter stream.
+
+Only message-level operations live here (publish, pull, ack, extend, hand back, remove, move to
+the DLQ); deciding *whether* to do them is the pool's job, after it checked the journal. An ack
+subject is all that is needed to act on a delivery, so any replica can act on any task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from hub.config import Settings
+from hub.errors import InvalidTask, Unavailable
+from hub.model import Priority, Route, TaskRecord
+from hub.nats import subjects
+from hub.nats.errors import nats_errors
+from hub.nats.subjects import ConsumerName
+
+__all__ = ("DeadLetter", "Delivery", "Queue")
+
+log = logging.getLogger(__name__)
+
+PUBLISH_RETRIES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A task message handed to this replica, not yet claimed by a node."""
+
+    task_id: str
+    kind: str
+    generation: int
+    priority: Priority
+    route: Route
+    payload: bytes
+    ack_subject: str
+    seq: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task in HUB_DLQ: its payload, subject, last error and attempt history."""
+
+    task_id: str
+    kind: str
+    generation: int
+    subject: str
+    payload: bytes
+    error: str
+    history: list[dict[str, object]]
+    dead_at: float
+
+    def to_json(self) -> bytes:
+        data = {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "generation": self.generation,
+            "subject": self.subject,
+            "payload_b64": base64.b64encode(self.payload).decode(),
+            "error": self.error,
+            "history": self.history,
+            "dead_at": self.dead_at,
+        }
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DeadLetter:
+        data = json.loads(raw)
+        payload = base64.b64decode(data.pop("payload_b64"))
+        return cls(payload=payload, **data)
+
+
+class _Puller:
+    """No-wait pulls from one durable consumer through a dedicated inbox.
+
+    An empty ``fetch()`` waits out its whole timeout; a no-wait pull answers at once with a
+    404 status, so an empty priority costs one round trip, not a timeout.
+    """
+
+    def __init__(self, nc: NATS, name: ConsumerName) -> None:
+        self.nc, self.name = nc, name
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{name.stream}.{name.durable}"
+        self.inbox = nc.new_inbox()
+        self.sub: Subscription | None = None
+        self.lock = asyncio.Lock()
+
+    async def pull(self, batch: int, timeout_s: float) -> list[Msg]:
+        async with self.lock:
+            if self.sub is None:
+                self.sub = await self.nc.subscribe(self.inbox)
+            request = json.dumps({"batch": batch, "no_wait": True}).encode()
+            await self.nc.publish(self.api, request, reply=self.inbox)
+            out: list[Msg] = []
+            while len(out) < batch:
+                try:
+                    msg = await self.sub.next_msg(timeout=timeout_s)
+                except nats.errors.TimeoutError:
+                    break
+                if msg.headers and msg.headers.get("Status"):
+                    break
+                out.append(msg)
+            return out
+
+
+class Queue:
+    def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
+        self.nc, self.js, self.settings = nc, js, settings
+        self._pullers: dict[tuple[str, str], _Puller] = {}
+
+    async def publish(self, record: TaskRecord, payload: bytes) -> int:
+        """Publish the task's message for its current generation; safe to retry.
+
+        The message id is ``<task id>.<generation>``: a retry after a timeout (which may have
+        been stored) is a duplicate, while a replay (next generation) is not.
+        """
+        subject = subjects.task_subject(record.priority, record.route, record.id)
+        headers = {
+            subjects.HEADER_MSG_ID: subjects.msg_id(record.id, record.generation),
+            subjects.HEADER_TASK: record.id,
+            subjects.HEADER_KIND: record.kind,
+            subjects.HEADER_GENERATION: str(record.generation),
+        }
+        return await self._publish(subject, payload, headers)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """Publish with the same id through timeouts and leader elections (bounded)."""
+        delay = 0.1
+        for attempt in range(PUBLISH_RETRIES):
+            try:
+                with nats_errors(f"publish {subject}"):
+                    ack = await self.js.publish(subject, payload, headers=headers)
+                return ack.seq
+            except Unavailable:
+                if attempt == PUBLISH_RETRIES - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:
+        puller = self._pullers.get((name.stream, name.durable))
+        if puller is None:
+            puller = self._pullers[(name.stream, name.durable)] = _Puller(self.nc, name)
+        msgs = await puller.pull(batch, self.settings.request_timeout_s)
+        out = []
+        for msg in msgs:
+            try:
+                out.append(self._delivery(msg))
+            except (InvalidTask, KeyError, ValueError) as exc:
+                log.error("malformed task message subject=%s: %s; removing it", msg.subject, exc)
+                await self.ack(msg.reply)
+        return out
+
+    @staticmethod
+    def _delivery(msg: Msg) -> Delivery:
+        priority, route, task_id = subjects.parse_task_subject(msg.subject)
+        headers = msg.headers or {}
+        ack = subjects.parse_ack(msg.reply)
+        return Delivery(
+            task_id=task_id,
+            kind=headers[subjects.HEADER_KIND],
+            generation=int(headers.get(subjects.HEADER_GENERATION, "1")),
+            priority=priority,
+            route=route,
+            payload=msg.data,
+            ack_subject=msg.reply,
+            seq=ack.stream_seq,
+            deliveries=ack.deliveries,
+        )
+
+    async def ack(self, ack_subject: str) -> None:
+        """Confirmed ack: the message is gone from the work queue when this returns."""
+        with nats_errors("ack"):
+            await self.nc.request(ack_subject, b"+ACK", timeout=self.settings.request_timeout_s)
+
+    async def extend(self, ack_subject: str) -> None:
+        with nats_errors("extend"):
+            await self.nc.publish(ack_subject, b"+WPI")
+
+    async def nak(self, ack_subject: str, delay_s: float = 0.0) -> None:
+        body = b"-NAK"
+        if delay_s > 0:
+            body += b" " + json.dumps({"delay": int(delay_s * 1e9)}).encode()
+        with nats_errors("nak"):
+            await self.nc.publish(ack_subject, body)
+
+    async def remove(self, record: TaskRecord) -> None:
+        """Remove a queued task's message (its subject is its own)."""
+        subject = subjects.task_subject(record.priority, record.route, record.id)
+        with nats_errors("remove task message"):
+            await self.js.purge_stream(subjects.stream_name(record.priority), subject=subject)
+
+    async def message(self, record: TaskRecord) -> tuple[bytes, int] | None:
+        """The task's message in its stream (payload, seq), if it is still there."""
+        subject = subjects.task_subject(record.priority, record.route, record.id)
+        with nats_errors("get task message"):
+            try:
+                msg = await self.js.get_last_msg(subjects.stream_name(record.priority), subject)
+            except nats.js.errors.NotFoundError:
+                return None
+        return msg.data or b"", msg.seq or 0
+
+    async def bury(self, letter: DeadLetter) -> None:
+        """Store a dead letter; idempotent per generation (repeating a cut-short move is safe)."""
+        headers = {subjects.HEADER_MSG_ID: f"dlq.{letter.task_id}.{letter.generation}"}
+        await self._publish(subjects.dlq_subject(letter.task_id), letter.to_json(), headers)
+
+    async def dead_letter(self, task_id: str) -> DeadLetter | None:
+        with nats_errors("read dead letter"):
+            try:
+                msg = await self.js.get_last_msg(
+                    subjects.DLQ_STREAM, subjects.dlq_subject(task_id), direct=True
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+        return DeadLetter.from_json(msg.data or b"{}")
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        with nats_errors("list dead letters"):
+            info = await self.js.stream_info(subjects.DLQ_STREAM)
+            out: list[DeadLetter] = []
+            seq = info.state.first_seq
+            while seq and seq <= info.state.last_seq and len(out) < limit:
+                try:
+                    msg = await self.js.get_msg(
+                        subjects.DLQ_STREAM, seq=seq, subject=subjects.dlq_subject(">"), next=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    break
+                out.append(DeadLetter.from_json(msg.data or b"{}"))
+                seq = (msg.seq or seq) + 1
+        return out
+
+    async def unbury(self, task_id: str) -> None:
+        with nats_errors("remove dead letter"):
+            await self.js.purge_stream(subjects.DLQ_STREAM, subject=subjects.dlq_subject(task_id))
+
+    async def depth(self, priority: Priority) -> tuple[int, float]:
+        """Messages in a priority stream (queued or in flight) and the oldest one's timestamp."""
+        with nats_errors("stream info"):
+            info = await self.js.stream_info(subjects.stream_name(priority))
+            if not info.state.messages:
+                return 0, 0.0
+            first = await self.js.get_msg(subjects.stream_name(priority), seq=info.state.first_seq)
+        return info.state.messages, _timestamp(first.time)
+
+    async def oldest(self, priority: Priority, after_seq: int) -> tuple[int, str, float] | None:
+        """The next message after ``after_seq``: (seq, subject, timestamp); for the TTL sweep."""
+        with nats_errors("scan stream"):
+            try:
+                msg = await self.js.get_msg(
+                    subjects.stream_name(priority),
+                    seq=after_seq + 1,
+                    subject=subjects.stream_subjects(priority),
+                    next=True,
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+        return msg.seq or 0, msg.subject or "", _timestamp(msg.time)
+
+
+def _timestamp(value: object) -> float:
+    """RawStreamMsg.time is an ISO string in nats-py; a datetime in some versions."""
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        text = value.rstrip("Z")
+        if "." in text:
+            head, frac = text.split(".", 1)
+            text = f"{head}.{frac[:6]}"
+        return datetime.fromisoformat(text + "+00:00").timestamp()
+    return 0.0
