@@ -91,8 +91,13 @@ def claim(
     ack_subject: str,
     lease_s: float,
     now: float,
+    running: bool = False,
 ) -> TaskRecord:
-    """Grant the task to ``node`` as a new attempt; a previous holder is fenced by the new epoch."""
+    """Grant the task to ``node`` as a new attempt; a previous holder is fenced by the new epoch.
+
+    ``running=True`` when the node claimed it to start at once (the node protocol), which
+    saves the separate ``start`` write.
+    """
     if judge_delivery(record, seq, generation) is not Verdict.CLAIM:
         raise WrongState(record.id, record.status, "claim")
     history = record.history
@@ -103,7 +108,7 @@ def claim(
     attempt = record.attempt + 1
     return dataclasses.replace(
         record,
-        status=Status.CLAIMED,
+        status=Status.RUNNING if running else Status.CLAIMED,
         node=node,
         attempt=attempt,
         tries=record.tries + 1,

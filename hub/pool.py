@@ -170,7 +170,7 @@ class Pool:
                 self.scheduler.empty(priority)
         return out
 
-    async def claim(self, delivery: Delivery, node: str) -> Grant | None:
+    async def claim(self, delivery: Delivery, node: str, *, running: bool = False) -> Grant | None:
         """Record ``node`` as the holder of a delivered task, or dispose of the delivery.
 
         None means the message was not for running: a finished, cancelled or duplicate task is
@@ -191,6 +191,7 @@ class Pool:
                 ack_subject=delivery.ack_subject,
                 lease_s=self.settings.ack_wait_s,
                 now=now,
+                running=running,
             )
 
         try:

@@ -1,0 +1,214 @@
+from hub.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskRef(_message.Message):
+    __slots__ = ("task_id", "attempt")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("node_id", "capabilities", "slots", "running")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    slots: int
+    running: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, node_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class Claim(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class Decline(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("running", "free_slots")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    running: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    free_slots: int
+    def __init__(self, running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., free_slots: _Optional[int] = ...) -> None: ...
+
+class Output(_message.Message):
+    __slots__ = ("task_id", "attempt", "stream", "data")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    stream: str
+    data: bytes
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("task_id", "attempt", "ok", "result", "error", "retry")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    ok: bool
+    result: bytes
+    error: str
+    retry: bool
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., ok: _Optional[bool] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
+
+class HandBack(_message.Message):
+    __slots__ = ("task_id", "attempt", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class NodeMessage(_message.Message):
+    __slots__ = ("ref", "hello", "claim", "decline", "heartbeat", "output", "result", "hand_back")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    HAND_BACK_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    hello: Hello
+    claim: Claim
+    decline: Decline
+    heartbeat: Heartbeat
+    output: Output
+    result: Result
+    hand_back: HandBack
+    def __init__(self, ref: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., claim: _Optional[_Union[Claim, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., hand_back: _Optional[_Union[HandBack, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("replica_id", "heartbeat_s", "lease_s", "kept", "lost")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    heartbeat_s: float
+    lease_s: float
+    kept: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    lost: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, replica_id: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., kept: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("task_id", "kind", "priority", "payload_bytes")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: str
+    priority: _common_pb2.Priority
+    payload_bytes: int
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("task_id", "kind", "payload", "attempt", "lease_deadline", "timeout_s", "priority")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: str
+    payload: bytes
+    attempt: int
+    lease_deadline: float
+    timeout_s: float
+    priority: _common_pb2.Priority
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., attempt: _Optional[int] = ..., lease_deadline: _Optional[float] = ..., timeout_s: _Optional[float] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ...) -> None: ...
+
+class Deny(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("task_id", "attempt", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Done(_message.Message):
+    __slots__ = ("ref", "task_id")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    task_id: str
+    def __init__(self, ref: _Optional[int] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class Refused(_message.Message):
+    __slots__ = ("ref", "task_id", "code", "message")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    task_id: str
+    code: str
+    message: str
+    def __init__(self, ref: _Optional[int] = ..., task_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class HubMessage(_message.Message):
+    __slots__ = ("welcome", "offer", "grant", "deny", "cancel", "done", "refused", "drain")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    DENY_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    offer: Offer
+    grant: Grant
+    deny: Deny
+    cancel: Cancel
+    done: Done
+    refused: Refused
+    drain: Drain
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., deny: _Optional[_Union[Deny, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
