@@ -16,19 +16,28 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from hub.buffers import HeadTail
 from hub.config import Settings
-from hub.errors import Conflict, PayloadTooLarge, StaleAttempt, TaskExpired, TaskNotFound
+from hub.errors import (
+    Conflict,
+    PayloadTooLarge,
+    StaleAttempt,
+    TaskExpired,
+    TaskNotFound,
+    Unavailable,
+)
 from hub.lifecycle import fence
 from hub.model import TaskRecord
 from hub.nats import subjects
@@ -40,11 +49,17 @@ log = logging.getLogger(__name__)
 
 BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
+#: How long a journal read or write keeps retrying while NATS is unavailable: longer than a
+#: leader election (4-9 s measured on a 3-server loopback cluster, see docs/reliability.md).
+RETRY_BUDGET_S = 15.0
+RETRY_FIRST_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
 CACHE_SIZE = 20_000
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
 
 Update = Callable[[TaskRecord], TaskRecord]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,12 @@ class Journal:
         self._flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reread: set[asyncio.Queue[Msg | None]] = set()
         self.writes = 0
+        # Direct gets are answered by any replica, and a follower may not have applied a write
+        # the leader already acknowledged: on a 3-server cluster a read right after another
+        # replica's write missed it 3-12% of the time (a claim would then drop a task as
+        # unknown). With replicas, read from the stream leader; alone, the direct get is the
+        # same data and cheaper.
+        self._direct = settings.stream_replicas == 1
 
     # -- raw key access -------------------------------------------------------------------
 
@@ -84,12 +105,17 @@ class Journal:
         return f"$KV.{subjects.JOURNAL_BUCKET}.{key}"
 
     async def _read(self, key: str) -> tuple[bytes | None, int]:
-        """(value, revision); value None for a tombstone; (None, 0) when the key never existed."""
-        with nats_errors(f"read {key}"):
-            try:
-                msg = await self.js.get_last_msg(self._stream, self._subject(key), direct=True)
-            except nats.js.errors.NotFoundError:
-                return None, 0
+        """(value, revision); value None for a tombstone; (None, 0) when the key never existed.
+
+        Retried with backoff while NATS is unavailable (a leader election takes 4-9 s).
+        """
+        try:
+            msg = await self._retrying(
+                f"read {key}",
+                lambda: self.js.get_last_msg(self._stream, self._subject(key), direct=self._direct),
+            )
+        except nats.js.errors.NotFoundError:
+            return None, 0
         headers = msg.headers or {}
         if headers.get("KV-Operation") in ("DEL", "PURGE") or any(
             h in headers for h in _TOMBSTONE_HEADERS
@@ -98,14 +124,56 @@ class Journal:
         return msg.data or b"", msg.seq or 0
 
     async def _write(self, key: str, value: bytes, last: int, ttl_s: float | None = None) -> int:
-        """Compare-and-set ``key`` (``last=0``: only if it does not exist); the new revision."""
+        """Compare-and-set ``key`` (``last=0``: only if it does not exist); the new revision.
+
+        Retried with backoff while NATS is unavailable. A publish that timed out may still have
+        been stored (and one buffered while disconnected is sent after the reconnect), so on a
+        retry a wrong-last-sequence error is checked: if the key now holds exactly ``value``,
+        that earlier attempt landed and its revision is ours. Otherwise the error stands and the
+        caller re-reads and re-decides (``update``), as for any lost compare-and-set. Values are
+        unique in practice (records carry timestamps), so the comparison does not mistake
+        another writer's value for ours.
+        """
         ttl = math.ceil(ttl_s) if ttl_s else None
-        with nats_errors(f"write {key}"):
-            ack = await self.js.publish(
-                self._subject(key), value, headers={EXPECTED_LAST: str(last)}, msg_ttl=ttl
-            )
+        headers = {EXPECTED_LAST: str(last)}
+        tries = 0
+
+        def publish() -> Awaitable[PubAck]:
+            nonlocal tries
+            tries += 1
+            return self.js.publish(self._subject(key), value, headers=headers, msg_ttl=ttl)
+
+        try:
+            revision = (await self._retrying(f"write {key}", publish)).seq
+        except nats.js.errors.APIError as exc:
+            if tries < 2 or not is_wrong_last_sequence(exc):
+                raise
+            current, revision = await self._read(key)
+            if current != value:
+                raise
+            log.info("journal write of %s landed before its retry (revision %d)", key, revision)
         self.writes += 1
-        return ack.seq
+        return revision
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` until NATS answers, with backoff, for up to ``RETRY_BUDGET_S``.
+
+        Only unavailability is retried (no responders, timeouts, a reconnect in progress: what
+        a leader election or a server restart looks like); an answer, even an error, is final.
+        A closed connection is not retried: that is a shutdown.
+        """
+        delay = RETRY_FIRST_S
+        deadline = time.monotonic() + RETRY_BUDGET_S
+        while True:
+            try:
+                with nats_errors(what):
+                    return await call()
+            except Unavailable as exc:
+                if self.nc.is_closed or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("journal %s: %s; retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
     # -- records ----------------------------------------------------------------------------
 
