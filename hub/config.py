@@ -22,7 +22,7 @@ __all__ = ("Settings", "load_settings", "unknown_env")
 _SYNC = re.compile(r"^(always|\d+(ms|s|m|h))$")
 
 #: ``HUB_*`` names read by the client side of the CLI rather than by ``Settings``.
-CLIENT_ENV = frozenset({"HUB_ADDR", "HUB_TOKEN"})
+CLIENT_ENV = frozenset({"HUB_ADDR"})
 
 
 class Settings(BaseSettings):
@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     journal_tail_bytes: int = Field(32 * 1024, ge=0)
     append_coalesce_ms: float = Field(20.0, ge=0)
 
-    # node protocol
+    # node protocol and API
     grpc_addr: str = "127.0.0.1:50051"
+    token: str = Field("", description="bearer token every caller must present; empty = none")
     heartbeat_s: float = Field(5.0, gt=0)
     node_grace_s: float = Field(5.0, ge=0, description="re-attach grace before tasks go back")
     offer_timeout_s: float = Field(5.0, gt=0)
@@ -81,9 +82,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross(self) -> Self:
         if self.journal_head_bytes + self.journal_tail_bytes < 1:
-            raise ValueError("journal_head_bytes + journal_tail_bytes must be at least 1")
+            raise ValueError("HUB_JOURNAL_HEAD_BYTES + HUB_JOURNAL_TAIL_BYTES must be at least 1")
         if self.heartbeat_s >= self.ack_wait_s:
-            raise ValueError("heartbeat_s must be shorter than ack_wait_s, or leases lapse")
+            raise ValueError("HUB_HEARTBEAT_S must be shorter than HUB_ACK_WAIT_S, or leases lapse")
         return self
 
     @property

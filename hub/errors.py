@@ -6,6 +6,7 @@
     ├── InvalidSettings      start-up configuration is wrong
     ├── InvalidTask          a request is malformed (bad id, kind, priority, route, ...)
     │   └── PayloadTooLarge
+    ├── DuplicateTask        a task id already names a different task
     ├── TaskNotFound
     ├── TaskExpired          the task expired unclaimed, or its result outlived the result TTL
     ├── StaleAttempt         an attempt number that is no longer the task's current one (fencing)
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = (
     "AlreadyFinished",
     "Conflict",
+    "DuplicateTask",
     "HubError",
     "InvalidSettings",
     "InvalidTask",
@@ -56,6 +58,14 @@ class PayloadTooLarge(InvalidTask):
     def __init__(self, what: str, size: int, limit: int) -> None:
         super().__init__(f"{what} is {size} bytes; the limit is {limit} bytes")
         self.size, self.limit = size, limit
+
+
+class DuplicateTask(HubError):
+    """Raised when a submit reuses a task id for a different kind, priority or route."""
+
+    def __init__(self, task_id: str, what: str) -> None:
+        super().__init__(f"task id {task_id!r} is already used by a task with another {what}")
+        self.task_id = task_id
 
 
 class TaskNotFound(HubError):

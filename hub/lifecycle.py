@@ -11,7 +11,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from hub.errors import AlreadyFinished, InvalidTask, NotTaskOwner, StaleAttempt, WrongState
+from hub.errors import (
+    AlreadyFinished,
+    DuplicateTask,
+    InvalidTask,
+    NotTaskOwner,
+    StaleAttempt,
+    WrongState,
+)
 from hub.model import MAX_HISTORY, AttemptInfo, Status, TaskRecord, TaskSpec
 
 __all__ = (
@@ -26,6 +33,7 @@ __all__ = (
     "judge_delivery",
     "release",
     "replay",
+    "same_task",
     "start",
     "submitted",
     "succeed",
@@ -57,6 +65,18 @@ def submitted(spec: TaskSpec, now: float) -> TaskRecord:
         timeout_s=spec.timeout_s,
         payload_bytes=len(spec.payload),
     )
+
+
+def same_task(record: TaskRecord, spec: TaskSpec) -> None:
+    """A repeated submit must describe the same task; reusing an id for another is an error."""
+    for what, old, new in (
+        ("kind", record.kind, spec.kind),
+        ("priority", record.priority, spec.priority),
+        ("route", record.route, spec.route),
+        ("payload size", record.payload_bytes, len(spec.payload)),
+    ):
+        if old != new:
+            raise DuplicateTask(record.id, what)
 
 
 def judge_delivery(record: TaskRecord, seq: int, generation: int) -> Verdict:

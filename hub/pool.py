@@ -109,6 +109,8 @@ class Pool:
         if spec.route.capabilities:
             await self.topology.ensure_consumer(spec.priority, spec.route)
         record, created = await self.journal.create(lifecycle.submitted(spec, self.clock()))
+        if not created:
+            lifecycle.same_task(record, spec)
         if created or (record.status is Status.QUEUED and not record.tries):
             # A retried submit republishes: the message id makes it a no-op inside the dedupe
             # window, and if the first publish never landed this is what stores it.

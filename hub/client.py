@@ -1,0 +1,130 @@
+"""Agent SDK: submit work and follow it, over gRPC, from any replica."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from hub.errors import HubError
+from hub.grpc.convert import priority_to_pb
+from hub.model import Priority
+from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+
+__all__ = ("Client", "ClientError")
+
+
+class ClientError(HubError):
+    """Raised when the hub answers a call with an error status; ``code`` is its name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ]
+
+
+class Client:
+    def __init__(self, addr: str, *, token: str = "", timeout_s: float = 30.0) -> None:
+        self.addr, self.timeout_s = addr, timeout_s
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.channel = grpc.aio.insecure_channel(addr, options=channel_options())
+        self.stub = tasks_pb2_grpc.TaskServiceStub(self.channel)
+
+    async def _call(self, method: str, request: object, timeout_s: float | None = None) -> object:
+        try:
+            return await getattr(self.stub, method)(
+                request, timeout=timeout_s or self.timeout_s, metadata=self.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError(exc.code().name, exc.details() or "") from None
+
+    async def submit(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        priority: Priority | str = Priority.NORMAL,
+        node: str = "",
+        require: Iterable[str] = (),
+        task_id: str = "",
+        max_attempts: int = 0,
+        timeout_s: float = 0.0,
+    ) -> tasks_pb2.SubmitResponse:
+        request = tasks_pb2.SubmitRequest(
+            task_id=task_id,
+            kind=kind,
+            payload=payload,
+            priority=priority_to_pb(Priority.parse(priority)),
+            route=common_pb2.Route(node_id=node, capabilities=sorted(require)),
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+        )
+        return await self._call("Submit", request)  # type: ignore[return-value]
+
+    async def get(self, task_id: str, *, include_output: bool = False) -> common_pb2.Task:
+        request = tasks_pb2.GetRequest(task_id=task_id, include_output=include_output)
+        return await self._call("Get", request)  # type: ignore[return-value]
+
+    async def wait(
+        self, task_id: str, timeout_s: float = 60.0, *, include_output: bool = False
+    ) -> tasks_pb2.WaitResponse:
+        request = tasks_pb2.WaitRequest(
+            task_id=task_id, timeout_s=timeout_s, include_output=include_output
+        )
+        return await self._call("Wait", request, timeout_s + 10)  # type: ignore[return-value]
+
+    async def watch(
+        self, task_id: str, *, stdout_offset: int = 0, thoughts_offset: int = 0
+    ) -> AsyncIterator[tasks_pb2.WatchEvent]:
+        request = tasks_pb2.WatchRequest(
+            task_id=task_id, stdout_offset=stdout_offset, thoughts_offset=thoughts_offset
+        )
+        call = self.stub.Watch(request, metadata=self.metadata)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError(exc.code().name, exc.details() or "") from None
+        finally:
+            call.cancel()
+
+    async def cancel(self, task_id: str) -> common_pb2.Task:
+        return await self._call("Cancel", tasks_pb2.CancelRequest(task_id=task_id))  # type: ignore[return-value]
+
+    async def pool(self) -> tasks_pb2.PoolCounts:
+        return await self._call("Pool", tasks_pb2.PoolRequest())  # type: ignore[return-value]
+
+    async def nodes(self) -> tasks_pb2.ListNodesResponse:
+        return await self._call("ListNodes", tasks_pb2.ListNodesRequest())  # type: ignore[return-value]
+
+    async def dead(self, limit: int = 1000) -> tasks_pb2.ListDeadResponse:
+        return await self._call("ListDead", tasks_pb2.ListDeadRequest(limit=limit))  # type: ignore[return-value]
+
+    async def replay(self, task_id: str) -> common_pb2.Task:
+        return await self._call("Replay", tasks_pb2.ReplayRequest(task_id=task_id))  # type: ignore[return-value]
+
+    async def purge_dead(self, task_id: str = "") -> int:
+        response = await self._call("PurgeDead", tasks_pb2.PurgeDeadRequest(task_id=task_id))
+        return response.purged  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

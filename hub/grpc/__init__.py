@@ -1,0 +1,1 @@
+"""The gRPC facade: thin translations of TaskService and NodeService onto the pool and journal."""

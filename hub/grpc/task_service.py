@@ -1,0 +1,117 @@
+"""TaskService: the agent and operator API, each method a few lines over the pool and journal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import nats.js.errors
+
+from hub.errors import TaskExpired
+from hub.grpc.convert import dead_to_pb, expired_task, record_to_pb, spec_from_pb
+from hub.grpc.errors import grpc_errors, grpc_stream_errors
+from hub.journal import BUFFERS
+from hub.nats.errors import nats_errors
+from hub.pool import Pool
+from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+
+__all__ = ("TaskService",)
+
+DEFAULT_WAIT_S = 60.0
+
+
+class TaskService(tasks_pb2_grpc.TaskServiceServicer):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.journal = pool.journal
+
+    async def _task(self, task_id: str, include_output: bool) -> common_pb2.Task:
+        try:
+            record = await self.journal.get(task_id)
+        except TaskExpired:
+            return expired_task(task_id)
+        if not include_output:
+            return record_to_pb(record)
+        stdout, thoughts = [(await self.journal.read_buffer(task_id, n))[0] for n in BUFFERS]
+        return record_to_pb(record, stdout, thoughts)
+
+    @grpc_errors
+    async def Submit(self, request, context):
+        record, created = await self.pool.submit(spec_from_pb(request))
+        return tasks_pb2.SubmitResponse(task=record_to_pb(record), created=created)
+
+    @grpc_errors
+    async def Get(self, request, context):
+        return await self._task(request.task_id, request.include_output)
+
+    @grpc_errors
+    async def Wait(self, request, context):
+        timeout = request.timeout_s or DEFAULT_WAIT_S
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining - 0.05, 0.0))
+        try:
+            record = await self.journal.wait(request.task_id, timeout)
+        except TaskExpired:
+            return tasks_pb2.WaitResponse(task=expired_task(request.task_id), done=True)
+        task = await self._task(record.id, True) if request.include_output else record_to_pb(record)
+        return tasks_pb2.WaitResponse(task=task, done=record.terminal)
+
+    @grpc_stream_errors
+    async def Watch(self, request, context) -> AsyncIterator[tasks_pb2.WatchEvent]:
+        offsets = {"stdout": request.stdout_offset, "thoughts": request.thoughts_offset}
+        async for event in self.journal.watch(request.task_id, offsets):
+            if event.record is not None:
+                yield tasks_pb2.WatchEvent(task=record_to_pb(event.record))
+            else:
+                chunk = tasks_pb2.OutputChunk(
+                    stream=event.kind,
+                    data=event.data,
+                    offset=event.offset,
+                    skipped=event.skipped,
+                    attempt=event.attempt,
+                )
+                yield tasks_pb2.WatchEvent(output=chunk)
+
+    @grpc_errors
+    async def Cancel(self, request, context):
+        _, after = await self.pool.cancel(request.task_id)
+        return record_to_pb(after)
+
+    @grpc_errors
+    async def Pool(self, request, context):
+        c = await self.pool.counts()
+        return tasks_pb2.PoolCounts(
+            queued=c.queued, oldest_age_s=c.oldest_age_s, in_flight=c.in_flight, dead=c.dead
+        )
+
+    @grpc_errors
+    async def ListNodes(self, request, context):
+        kv = self.pool.topology.nodes
+        nodes = []
+        with nats_errors("list nodes"):
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                keys = []
+            for key in keys:
+                try:
+                    entry = await kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue
+                if key.startswith("node.") and entry.value:
+                    nodes.append(tasks_pb2.NodeInfo(**json.loads(entry.value)))
+        return tasks_pb2.ListNodesResponse(nodes=sorted(nodes, key=lambda n: n.node_id))
+
+    @grpc_errors
+    async def ListDead(self, request, context):
+        letters = await self.pool.dead_letters(request.limit or 1000)
+        return tasks_pb2.ListDeadResponse(tasks=[dead_to_pb(d) for d in letters])
+
+    @grpc_errors
+    async def Replay(self, request, context):
+        return record_to_pb(await self.pool.replay(request.task_id))
+
+    @grpc_errors
+    async def PurgeDead(self, request, context):
+        return tasks_pb2.PurgeDeadResponse(purged=await self.pool.purge_dead(request.task_id))

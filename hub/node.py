@@ -1,0 +1,283 @@
+"""Node SDK: attach to a hub, claim work it can run, run handlers, report results.
+
+A handler is ``async def handler(ctx: TaskContext) -> bytes | str | object``. Returning is
+success; raising ``Fail(..., retry=False)`` fails the task for good; any other exception is a
+failed attempt that the hub retries with backoff. ``ctx.cancelled`` is set when the hub says
+stop (cancelled, or this attempt was fenced); the handler's task is also cancelled.
+
+The node reconnects with backoff (to the next address, if it has several) and re-attaches the
+tasks it is still running; results not yet confirmed by the hub are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from hub.client import channel_options
+from hub.v1 import nodes_pb2 as pb
+from hub.v1 import nodes_pb2_grpc
+
+__all__ = ("Fail", "Handler", "Node", "TaskContext")
+
+log = logging.getLogger(__name__)
+
+
+class Fail(Exception):
+    """Raise from a handler to fail the task; ``retry=False`` means re-running cannot help."""
+
+    def __init__(self, error: str, *, retry: bool = False, result: bytes = b"") -> None:
+        super().__init__(error)
+        self.error, self.retry, self.result = error, retry, result
+
+
+@dataclass
+class TaskContext:
+    task_id: str
+    kind: str
+    payload: bytes
+    attempt: int
+    timeout_s: float
+    _emit: Callable[[pb.NodeMessage], None]
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def json(self) -> Any:
+        return json.loads(self.payload or b"null")
+
+    def _output(self, stream: str, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        if data:
+            out = pb.Output(task_id=self.task_id, attempt=self.attempt, stream=stream, data=data)
+            self._emit(pb.NodeMessage(output=out))
+
+    def thought(self, text: bytes | str) -> None:
+        self._output("thoughts", text)
+
+    def stdout(self, data: bytes | str) -> None:
+        self._output("stdout", data)
+
+
+Handler = Callable[[TaskContext], Awaitable[Any]]
+
+
+def _encode_result(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value).encode()
+
+
+class Node:
+    def __init__(
+        self,
+        addrs: str | Sequence[str],
+        node_id: str,
+        *,
+        slots: int = 1,
+        capabilities: Sequence[str] = (),
+        token: str = "",
+        handlers: dict[str, Handler] | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.addrs = [addrs] if isinstance(addrs, str) else list(addrs)
+        self.node_id, self.slots = node_id, slots
+        self.capabilities = sorted(capabilities)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.max_backoff_s = max_backoff_s
+        self.running: dict[str, tuple[TaskContext, asyncio.Task[None]]] = {}
+        self.unconfirmed: dict[int, pb.NodeMessage] = {}
+        self.connected = asyncio.Event()
+        self.completed = 0
+        self._refs = itertools.count(1)
+        self._outbox: asyncio.Queue[pb.NodeMessage] = asyncio.Queue()
+        self._stopping = False
+        self.replica_id = ""
+
+    def handler(self, kind: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            self.handlers[kind] = fn
+            return fn
+
+        return register
+
+    @property
+    def free(self) -> int:
+        return max(self.slots - len(self.running), 0)
+
+    def _send(self, message: pb.NodeMessage) -> None:
+        self._outbox.put_nowait(message)
+
+    async def run(self) -> None:
+        """Stay attached until stop(): reconnect with jittered backoff after any failure."""
+        backoff = 0.1
+        for addr in itertools.cycle(self.addrs):
+            if self._stopping:
+                return
+            try:
+                await self._session(addr)
+                backoff = 0.1
+            except grpc.aio.AioRpcError as exc:
+                log.info("node %s: stream to %s ended: %s", self.node_id, addr, exc.code().name)
+            finally:
+                self.connected.clear()
+            if self._stopping:
+                return
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _session(self, addr: str) -> None:
+        async with grpc.aio.insecure_channel(addr, options=channel_options()) as channel:
+            stub = nodes_pb2_grpc.NodeServiceStub(channel)
+            call = stub.Connect(self._requests(), metadata=self.metadata)
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                async for message in call:
+                    kind = message.WhichOneof("msg")
+                    if kind == "welcome":
+                        heartbeat = asyncio.create_task(self._heartbeats(message.welcome))
+                        self._welcomed(message.welcome)
+                    elif kind == "drain":
+                        log.info("node %s: drain: %s", self.node_id, message.drain.reason)
+                        return
+                    else:
+                        self._on(message)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                call.cancel()
+
+    async def _requests(self) -> AsyncIterator[pb.NodeMessage]:
+        running = [pb.TaskRef(task_id=t, attempt=c.attempt) for t, (c, _) in self.running.items()]
+        hello = pb.Hello(
+            node_id=self.node_id,
+            capabilities=self.capabilities,
+            slots=self.slots,
+            running=running,
+        )
+        yield pb.NodeMessage(hello=hello)
+        for message in list(self.unconfirmed.values()):
+            yield message
+        while True:
+            yield await self._outbox.get()
+
+    def _welcomed(self, welcome: pb.Welcome) -> None:
+        self.replica_id = welcome.replica_id
+        for ref in welcome.lost:
+            self._stop_task(ref.task_id, "the hub no longer gives this node the task")
+        self.connected.set()
+        log.info(
+            "node %s attached to %s kept=%d lost=%d",
+            self.node_id,
+            welcome.replica_id,
+            len(welcome.kept),
+            len(welcome.lost),
+        )
+
+    async def _heartbeats(self, welcome: pb.Welcome) -> None:
+        while True:
+            await asyncio.sleep(welcome.heartbeat_s)
+            refs = [pb.TaskRef(task_id=t, attempt=c.attempt) for t, (c, _) in self.running.items()]
+            beat = pb.Heartbeat(running=refs, free_slots=self.free)
+            self._send(pb.NodeMessage(heartbeat=beat))
+
+    def _on(self, message: pb.HubMessage) -> None:
+        kind = message.WhichOneof("msg")
+        if kind == "offer":
+            offer = message.offer
+            if self._stopping or self.free <= 0 or offer.kind not in self.handlers:
+                self._send(pb.NodeMessage(decline=pb.Decline(task_id=offer.task_id)))
+            else:
+                self._send(pb.NodeMessage(claim=pb.Claim(task_id=offer.task_id)))
+        elif kind == "grant":
+            self._start(message.grant)
+        elif kind == "cancel":
+            self._stop_task(message.cancel.task_id, message.cancel.reason)
+        elif kind == "done":
+            self.unconfirmed.pop(message.done.ref, None)
+        elif kind == "refused":
+            r = message.refused
+            self.unconfirmed.pop(r.ref, None)
+            log.warning("node %s: hub refused %s: %s", self.node_id, r.task_id, r.message)
+        elif kind == "deny":
+            log.debug("node %s: claim denied %s", self.node_id, message.deny.reason)
+
+    def _start(self, grant: pb.Grant) -> None:
+        ctx = TaskContext(
+            task_id=grant.task_id,
+            kind=grant.kind,
+            payload=grant.payload,
+            attempt=grant.attempt,
+            timeout_s=grant.timeout_s,
+            _emit=self._send,
+        )
+        task = asyncio.create_task(self._execute(ctx))
+        self.running[grant.task_id] = (ctx, task)
+
+    def _stop_task(self, task_id: str, reason: str) -> None:
+        entry = self.running.pop(task_id, None)
+        if entry is not None:
+            ctx, task = entry
+            log.info("node %s: stopping task=%s: %s", self.node_id, task_id, reason)
+            ctx.cancelled.set()
+            task.cancel()
+
+    async def _execute(self, ctx: TaskContext) -> None:
+        result = pb.Result(task_id=ctx.task_id, attempt=ctx.attempt)
+        try:
+            async with asyncio.timeout(ctx.timeout_s or None):
+                value = await self.handlers[ctx.kind](ctx)
+            result.ok, result.result = True, _encode_result(value)
+        except asyncio.CancelledError:
+            if ctx.cancelled.is_set():
+                return  # the hub said stop: nothing to report
+            raise
+        except Fail as exc:
+            result.ok, result.error, result.retry = False, exc.error, exc.retry
+            result.result = exc.result
+        except TimeoutError:
+            result.ok, result.error, result.retry = (
+                False,
+                f"timed out after {ctx.timeout_s} s",
+                True,
+            )
+        except Exception as exc:
+            result.ok, result.error, result.retry = False, f"{type(exc).__name__}: {exc}", True
+        if self.running.pop(ctx.task_id, None) is None:
+            return
+        ref = next(self._refs)
+        message = pb.NodeMessage(ref=ref, result=result)
+        self.unconfirmed[ref] = message
+        self.completed += 1
+        self._send(message)
+
+    async def stop(self, *, hand_back: bool = True) -> None:
+        """Stop claiming; hand running tasks back (or let them finish), then detach."""
+        self._stopping = True
+        if hand_back:
+            for task_id, (ctx, task) in list(self.running.items()):
+                ctx.cancelled.set()
+                task.cancel()
+                ref = next(self._refs)
+                hand = pb.HandBack(task_id=task_id, attempt=ctx.attempt, reason="node stopping")
+                message = pb.NodeMessage(ref=ref, hand_back=hand)
+                self.unconfirmed[ref] = message
+                self._send(message)
+            self.running.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self.unconfirmed or self.running:  # noqa: ASYNC110 (bounded, local state)
+                    await asyncio.sleep(0.02)

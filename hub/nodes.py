@@ -1,0 +1,302 @@
+"""Nodes attached to this replica: their sessions, the dispatch loop that offers them work,
+presence in ``hub_nodes``, and the re-attach grace when a node's stream ends.
+
+A replica fetches only what its attached nodes can run now (free slots, capabilities, their own
+node id) and offers each task to one eligible node; the node claims it and is granted it, or
+the offer lapses and the task goes straight back. Nothing here outlives the process: a node
+that loses this replica re-attaches to another, naming the tasks it still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+
+from hub.config import Settings
+from hub.errors import HubError, TaskExpired, TaskNotFound
+from hub.nats import subjects
+from hub.pool import Grant, Pool, Taker
+from hub.queue import Delivery
+
+__all__ = ("NodeSession", "Nodes", "Notice")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the hub tells a node: an offer, or that it must stop a task (and why)."""
+
+    kind: str  # "offer" | "cancel" | "drain"
+    task_id: str = ""
+    attempt: int = 0
+    reason: str = ""
+    delivery: Delivery | None = None
+
+
+@dataclass(eq=False)
+class NodeSession:
+    """One attached node stream."""
+
+    node: str
+    capabilities: frozenset[str]
+    slots: int
+    send: Callable[[Notice], None]
+    held: dict[str, int] = field(default_factory=dict)  # task id -> attempt
+    offered: dict[str, Delivery] = field(default_factory=dict)
+    reported_free: int | None = None
+
+    @property
+    def free(self) -> int:
+        free = self.slots - len(self.held) - len(self.offered)
+        if self.reported_free is not None:
+            free = min(free, self.reported_free - len(self.offered))
+        return max(free, 0)
+
+
+class Nodes:
+    """This replica's attached nodes and the loop that hands them work."""
+
+    def __init__(self, pool: Pool, settings: Settings, replica_id: str) -> None:
+        self.pool, self.settings, self.replica_id = pool, settings, replica_id
+        self.sessions: dict[str, NodeSession] = {}
+        self.kick = asyncio.Event()
+        self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._presence_at: dict[str, float] = {}
+
+    # -- background work ---------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def start(self) -> None:
+        await self.pool.nc.subscribe(subjects.cancel_subject("*"), cb=self._cancelled)
+        self.spawn(self._dispatch_loop())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _dispatch_loop(self) -> None:
+        """Offer work whenever a task is stored (doorbell), a slot frees (kick), or every
+        half second (redeliveries ring no bell)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await _first(self.pool.bell.wait(), self.kick.wait())
+            self.pool.bell.clear()
+            self.kick.clear()
+            if self.draining:
+                continue
+            try:
+                await self.dispatch_once()
+            except HubError as exc:
+                log.warning("dispatch round failed: %s", exc)
+                await asyncio.sleep(0.2)
+
+    async def dispatch_once(self) -> int:
+        """One round: fetch for every session with free slots and offer what came back."""
+        takers = [
+            Taker(s.node, s.capabilities, s.free) for s in self.sessions.values() if s.free > 0
+        ]
+        if not takers:
+            return 0
+        offered = 0
+        for node, delivery in await self.pool.fetch(takers):
+            session = self.sessions.get(node)
+            if session is None:
+                await self.pool.unoffer(delivery)
+                continue
+            session.offered[delivery.task_id] = delivery
+            session.send(Notice("offer", delivery.task_id, delivery=delivery))
+            asyncio.get_running_loop().call_later(
+                self.settings.offer_timeout_s, self._lapse, session, delivery.task_id
+            )
+            offered += 1
+        if offered:
+            self.kick.set()  # more may be waiting: go round again at once
+        return offered
+
+    def _lapse(self, session: NodeSession, task_id: str) -> None:
+        delivery = session.offered.pop(task_id, None)
+        if delivery is not None:
+            self.spawn(self.pool.unoffer(delivery))
+
+    async def _cancelled(self, msg: Msg) -> None:
+        task_id = msg.subject.rsplit(".", 1)[-1]
+        for session in self.sessions.values():
+            attempt = session.held.pop(task_id, None)
+            if attempt is not None:
+                session.send(Notice("cancel", task_id, attempt, "cancelled"))
+                self.kick.set()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def attach(
+        self, session: NodeSession, running: list[tuple[str, int]]
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """Register a node; re-attach the tasks it still runs. Returns (kept, lost)."""
+        old = self.sessions.get(session.node)
+        if old is not None:
+            old.send(Notice("drain", reason="the node attached again elsewhere"))
+        self.sessions[session.node] = session
+        kept, lost = [], []
+        for task_id, attempt in running:
+            try:
+                await self.pool.extend(task_id, attempt, session.node)
+            except HubError as exc:
+                log.info("not re-attached task=%s node=%s: %s", task_id, session.node, exc)
+                lost.append((task_id, attempt))
+                continue
+            session.held[task_id] = attempt
+            kept.append((task_id, attempt))
+        await self.presence(session, force=True)
+        log.info(
+            "node attached node=%s slots=%d caps=%s kept=%d lost=%d",
+            session.node,
+            session.slots,
+            ",".join(sorted(session.capabilities)) or "-",
+            len(kept),
+            len(lost),
+        )
+        self.kick.set()
+        return kept, lost
+
+    def detach(self, session: NodeSession) -> None:
+        """The stream ended: offers go back now, held tasks after the re-attach grace."""
+        if self.sessions.get(session.node) is session:
+            del self.sessions[session.node]
+        for delivery in session.offered.values():
+            self.spawn(self.pool.unoffer(delivery))
+        session.offered.clear()
+        if session.held:
+            self.spawn(self._after_grace(session.node, dict(session.held), time.time()))
+        log.info("node detached node=%s held=%d", session.node, len(session.held))
+
+    async def _after_grace(self, node: str, held: dict[str, int], since: float) -> None:
+        await asyncio.sleep(0 if self.draining else self.settings.node_grace_s)
+        for task_id, attempt in held.items():
+            await self.release_unless_reattached(task_id, attempt, node, since)
+
+    async def release_unless_reattached(
+        self, task_id: str, attempt: int, node: str, since: float
+    ) -> None:
+        """Hand a lost node's task back, unless it re-attached (to any replica) since then:
+        re-attaching extends the lease, which moves the record's ``updated_at``."""
+        try:
+            record = await self.pool.journal.get(task_id)
+            if record.attempt != attempt or not record.active or record.updated_at > since:
+                return
+            await self.pool.release(
+                task_id, attempt, reason=f"node {node} lost", counts=True, node=node
+            )
+        except (TaskNotFound, TaskExpired):
+            return
+        except HubError as exc:
+            log.info("hand-back of lost task=%s skipped: %s", task_id, exc)
+
+    async def claim(self, session: NodeSession, task_id: str) -> Grant | str:
+        """The node claims an offered task: a Grant, or the reason it is denied."""
+        delivery = session.offered.pop(task_id, None)
+        if delivery is None:
+            return "no open offer for this task (it lapsed or was never made)"
+        grant = await self.pool.claim(delivery, session.node, running=True)
+        if grant is None:
+            self.kick.set()
+            return "task no longer available"
+        session.held[task_id] = grant.record.attempt
+        return grant
+
+    async def decline(self, session: NodeSession, task_id: str) -> None:
+        delivery = session.offered.pop(task_id, None)
+        if delivery is not None:
+            await self.pool.unoffer(delivery)
+        self.kick.set()
+
+    async def heartbeat(
+        self, session: NodeSession, running: list[tuple[str, int]]
+    ) -> list[tuple[str, int, str]]:
+        """Extend each lease; return (task, attempt, reason) for those the node must stop."""
+        stop = []
+        for task_id, attempt in running:
+            try:
+                await self.pool.extend(task_id, attempt, session.node)
+                session.held[task_id] = attempt
+            except HubError as exc:
+                session.held.pop(task_id, None)
+                stop.append((task_id, attempt, str(exc)))
+        await self.presence(session)
+        return stop
+
+    def finished(self, session: NodeSession, task_id: str) -> None:
+        session.held.pop(task_id, None)
+        self.kick.set()
+
+    async def presence(self, session: NodeSession, *, force: bool = False) -> None:
+        """Write the node's presence to ``hub_nodes`` (at most once per heartbeat interval)."""
+        now = time.time()
+        if not force and now - self._presence_at.get(session.node, 0) < self.settings.heartbeat_s:
+            return
+        self._presence_at[session.node] = now
+        info = {
+            "node_id": session.node,
+            "capabilities": sorted(session.capabilities),
+            "slots": session.slots,
+            "free": session.free,
+            "replica": self.replica_id,
+            "seen_at": now,
+            "tasks": sorted(session.held),
+        }
+        with contextlib.suppress(HubError, Exception):
+            await self.pool.topology.nodes.put(
+                subjects.node_key(session.node), json.dumps(info).encode()
+            )
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful stop: offers go back, nodes are told to move; tasks whose node did not
+        re-attach elsewhere in time are handed back at once (their try does not count)."""
+        self.draining = True
+        since = time.time()
+        held: list[tuple[str, int, str]] = []
+        for session in list(self.sessions.values()):
+            for delivery in session.offered.values():
+                await self.pool.unoffer(delivery)
+            session.offered.clear()
+            held += [(t, a, session.node) for t, a in session.held.items()]
+            session.send(Notice("drain", reason="replica shutting down; reconnect to another"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.sessions:  # noqa: ASYNC110 (bounded; sessions end on their own)
+                    await asyncio.sleep(0.05)
+        for task_id, attempt, node in held:
+            with contextlib.suppress(HubError):
+                record = await self.pool.journal.get(task_id)
+                if record.attempt == attempt and record.active and record.updated_at <= since:
+                    await self.pool.release(
+                        task_id, attempt, reason="replica drained", counts=False, node=node
+                    )
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
