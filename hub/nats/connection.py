@@ -31,7 +31,8 @@ async def connect(
         log.debug("nats error: %s", exc)
 
     async def disconnected_cb() -> None:
-        log.warning("nats disconnected")
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats disconnected")
 
     async def reconnected_cb() -> None:
         log.warning("nats reconnected url=%s", nc.connected_url.netloc if nc.connected_url else "")
