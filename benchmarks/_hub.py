@@ -1,0 +1,152 @@
+"""Shared helpers for the hub benchmarks: a whole hub on loopback, every process by its PID.
+
+`HubRig` starts the hub's own embedded nats-server (`hub.nats.server.EmbeddedNats`, with the
+durability mode named), R replicas (`python -m hub serve`) and M reference nodes
+(`python -m hub node`, kind `echo`) as separate processes, waits until they are ready, and
+stops every one of them by PID on exit. The agent is the benchmark's own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, note, spawn, stop_pid, wait_for_log
+
+from hub.client import Client
+from hub.nats.server import EmbeddedNats
+
+
+def hub_env(**values: str) -> dict[str, str]:
+    """Our environment without stray HUB_* variables, plus `values` as HUB_<NAME>."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({f"HUB_{k.upper()}": v for k, v in values.items()})
+    return env
+
+
+class HubRig:
+    """Embedded NATS + R replica processes + M node processes, cleaned up by PID."""
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 1,
+        nodes: int = 2,
+        slots: int = 32,
+        sync: str = "1s",
+        replica_env: dict[str, str] | None = None,
+        node_args: Sequence[str] = (),
+        start_nodes: bool = True,
+    ) -> None:
+        self.n_replicas, self.n_nodes, self.slots, self.sync = replicas, nodes, slots, sync
+        self.replica_env = replica_env or {}
+        self.node_args = list(node_args)
+        self.start_nodes = start_nodes
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+        self.nats = EmbeddedNats(self.tmp / "nats", sync=sync)
+        self.replica_pids: list[int] = []
+        self.node_pids: list[int] = []
+        self.addrs: list[str] = []
+        self.clients: list[Client] = []
+
+    @property
+    def nats_pid(self) -> int:
+        return self.nats.pid
+
+    def cpu_groups(self, agent_pid: int) -> dict[str, list[int]]:
+        return {
+            "agent": [agent_pid],
+            "replicas": list(self.replica_pids),
+            "nodes": list(self.node_pids),
+            "nats_server": [self.nats_pid],
+        }
+
+    async def start(self) -> None:
+        await self.nats.start()
+        for i in range(self.n_replicas):
+            port = free_port()
+            addr = f"127.0.0.1:{port}"
+            log = self.tmp / f"replica-{i}.log"
+            env = hub_env(
+                nats_url=self.nats.url, grpc_addr=addr, nats_sync=self.sync, **self.replica_env
+            )
+            pid = spawn([sys.executable, "-m", "hub", "serve"], log_path=log, env=env)
+            self.replica_pids.append(pid)
+            await asyncio.to_thread(wait_for_log, log, "serving on port", pid, 30.0)
+            self.addrs.append(addr)
+        self.clients = [Client(a) for a in self.addrs]
+        if self.start_nodes:
+            for i in range(self.n_nodes):
+                await self.start_node(f"bench-n{i}", i)
+            await self.wait_nodes(self.n_nodes)
+
+    async def start_node(self, node_id: str, i: int = 0, slots: int | None = None) -> int:
+        """A reference node; its first address is replica i mod R (the others are fallbacks)."""
+        rot = self.addrs[i % len(self.addrs) :] + self.addrs[: i % len(self.addrs)]
+        argv = [sys.executable, "-m", "hub", "node", "--id", node_id, "--hub", ",".join(rot)]
+        argv += ["--slots", str(slots or self.slots), *self.node_args]
+        log = self.tmp / f"node-{node_id}.log"
+        pid = spawn(argv, log_path=log, env=hub_env())
+        self.node_pids.append(pid)
+        return pid
+
+    async def wait_nodes(self, count: int, timeout_s: float = 30.0) -> None:
+        """Until `count` nodes are attached (their presence in hub_nodes)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with_presence = len((await self.clients[0].nodes()).nodes)
+            if with_presence >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"only {with_presence}/{count} nodes attached; logs in {self.tmp}")
+
+    async def stop(self) -> None:
+        for c in self.clients:
+            await c.close()
+        for pid in self.node_pids:
+            stop_pid(pid)
+        for pid in self.replica_pids:
+            stop_pid(pid)
+        await self.nats.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            note(f"hub rig failed to start; logs were in {self.tmp}")
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def hub_params() -> dict[str, Any]:
+    """Versions for the result line."""
+    from importlib.metadata import version
+
+    return {"nats_py": version("nats-py"), "grpcio": version("grpcio")}

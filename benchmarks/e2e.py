@@ -1,0 +1,134 @@
+"""The hub end to end: agent Submit over gRPC -> replica -> node over gRPC -> result to the agent.
+
+Starts the hub's embedded nats-server (durability mode `--sync`), R replicas (`hub serve`) and M
+reference nodes (`hub node`, kind `echo`) as separate processes; this process is the agent. It
+keeps K tasks in flight: each of K loops submits a task (Submit) and waits for its result
+(Wait), so a latency is Submit sent -> terminal record seen by the agent. K=1 is the unloaded
+latency, K=64 the loaded throughput. Reports tasks/s, p50/p99 and CPU per task of each process
+kind (agent, replicas, nodes, nats-server) from /proc; every process is stopped by its PID.
+
+    python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    SYNC_MODES,
+    CpuMeter,
+    Progress,
+    RepResult,
+    emit_json,
+    nats_server_version,
+    note,
+    progress,
+    run_async,
+    summarize,
+)
+from _hub import HubRig, hub_params
+
+from hub.client import Client
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
+    p.add_argument("--inflight", type=int, default=64, help="tasks kept in flight (K)")
+    p.add_argument("--replicas", type=int, default=1, help="hub replica processes (R)")
+    p.add_argument("--nodes", type=int, default=2, help="node processes (M)")
+    p.add_argument("--slots", type=int, default=0, help="slots per node; 0 = enough for K")
+    p.add_argument("--sync", choices=SYNC_MODES, default="1s", help="nats-server sync_interval")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (fresh hub each)")
+    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="agent loop")
+    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
+    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
+    return p.parse_args(argv)
+
+
+async def drive(
+    clients: list[Client], n: int, inflight: int, payload: bytes, bar: Progress | None = None
+) -> list[float]:
+    """Run n echo tasks with `inflight` submit+wait loops; return the latencies in seconds."""
+    latencies: list[float] = []
+    counter = itertools.count()
+    picks = itertools.cycle(clients)
+
+    async def loop() -> None:
+        client = next(picks)
+        while next(counter) < n:
+            t0 = time.perf_counter()
+            sub = await client.submit("echo", payload)
+            done = await client.wait(sub.task.task_id, 60.0)
+            if not done.done or done.task.result != payload:
+                raise RuntimeError(f"task {sub.task.task_id} not done right: {done.task}")
+            latencies.append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.advance()
+
+    await asyncio.gather(*(loop() for _ in range(min(inflight, n))))
+    return latencies
+
+
+async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
+    slots = args.slots or max(4, math.ceil(args.inflight / args.nodes))
+    payload = b"x" * args.payload_bytes
+    async with HubRig(replicas=args.replicas, nodes=args.nodes, slots=slots, sync=args.sync) as rig:
+        if args.warmup:
+            await asyncio.wait_for(
+                drive(rig.clients, args.warmup, args.inflight, payload), args.timeout
+            )
+        meter = CpuMeter(rig.cpu_groups(os.getpid()))
+        meter.start()
+        t0 = time.perf_counter()
+        with progress(args.tasks, f"e2e rep {rep + 1}/{args.reps}") as bar:
+            lat = await asyncio.wait_for(
+                drive(rig.clients, args.tasks, args.inflight, payload, bar), args.timeout
+            )
+        elapsed = time.perf_counter() - t0
+        cpu = meter.stop()
+    return RepResult(args.tasks, elapsed, lat, cpu)
+
+
+async def main_async(args: argparse.Namespace) -> list[RepResult]:
+    reps = []
+    for rep in range(args.reps):
+        r = await run_rep(args, rep)
+        f = r.figures()
+        note(
+            f"rep {rep + 1}: {f['tasks_per_s']} tasks/s, p50 {f['p50_ms']} ms, "
+            f"p99 {f['p99_ms']} ms, cpu us/task {f['cpu_us_per_task']}"
+        )
+        reps.append(r)
+    return reps
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    reps, loop_name = run_async(main_async(args), args.loop)
+    params = {
+        "sync": args.sync,
+        "tasks": args.tasks,
+        "inflight": args.inflight,
+        "reps": args.reps,
+        "payload_bytes": args.payload_bytes,
+        "replicas": args.replicas,
+        "nodes": args.nodes,
+        "loop": loop_name,
+        **hub_params(),
+        "nats_server": nats_server_version(),
+    }
+    emit_json(summarize("e2e", params, reps))
+
+
+if __name__ == "__main__":
+    main()
