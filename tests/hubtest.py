@@ -1,0 +1,129 @@
+"""Test helpers shared by the suites: a Core (one replica's library layer) and bounded polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from hub.config import Settings
+from hub.journal import Journal
+from hub.model import Priority
+from hub.nats import subjects
+from hub.nats.connection import connect
+from hub.nats.topology import Topology
+from hub.pool import Pool
+from hub.queue import Queue
+
+#: Timers short enough for a test to outlive them, long enough for a busy 2-CPU machine.
+FAST: dict[str, Any] = {
+    "ack_wait_s": 1.5,
+    "heartbeat_s": 0.3,
+    "append_coalesce_ms": 5.0,
+    "retry_backoff_s": (0.0,),
+    "request_timeout_s": 3.0,
+    "connect_timeout_s": 3.0,
+    "result_ttl_s": 60.0,
+    "dedupe_window_s": 120.0,
+    "max_payload_bytes": 64 * 1024,
+    "journal_head_bytes": 256,
+    "journal_tail_bytes": 512,
+}
+
+
+def make_settings(**overrides: Any) -> Settings:
+    return Settings(**(FAST | overrides))
+
+
+@dataclass
+class Core:
+    """The library layer of one hub replica, on its own NATS connection."""
+
+    nc: NATS
+    js: JetStreamContext
+    settings: Settings
+    topology: Topology
+    journal: Journal
+    queue: Queue
+    pool: Pool
+    reconnects: int = 0
+    reconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stream_messages(self, priority: Priority = Priority.NORMAL) -> int:
+        info = await self.js.stream_info(subjects.stream_name(priority))
+        return info.state.messages
+
+    async def all_task_messages(self) -> int:
+        return sum([await self.stream_messages(p) for p in Priority])
+
+    async def journal_messages(self) -> int:
+        return (await self.js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> Core:
+    holder: list[Core] = []
+
+    async def on_reconnect() -> None:
+        if holder:
+            holder[0].reconnects += 1
+            holder[0].journal.reconnected()
+            holder[0].reconnected.set()
+
+    nc = await connect([url], settings, name=name, on_reconnect=on_reconnect)
+    js = nc.jetstream(timeout=settings.request_timeout_s)
+    topology = Topology(js, settings)
+    await topology.ensure()
+    journal = Journal(nc, js, settings)
+    queue = Queue(nc, js, settings)
+    pool = Pool(nc, topology, journal, queue, settings)
+    await pool.start()
+    core = Core(nc, js, settings, topology, journal, queue, pool)
+    holder.append(core)
+    return core
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout_s: float, interval_s: float = 0.05
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; bounded in time (and so in count)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+async def take_one(pool: Pool, node: str, *, timeout_s: float, **kwargs: Any) -> Any:
+    """Poll ``pool.take`` until it grants one task (bounded); the Grant."""
+
+    async def probe() -> Any:
+        grants = await pool.take(node, **kwargs)
+        assert len(grants) <= 1, grants
+        return grants[0] if grants else None
+
+    return await eventually(probe, timeout_s=timeout_s)
+
+
+async def take_all(pool: Pool, node: str, count: int, *, timeout_s: float, **kwargs: Any) -> list:
+    """Take exactly ``count`` grants in total (bounded in time), one take call after another."""
+    grants: list[Any] = []
+
+    async def probe() -> bool:
+        grants.extend(await pool.take(node, **kwargs))
+        return len(grants) >= count
+
+    await eventually(probe, timeout_s=timeout_s, interval_s=0.01)
+    return grants
