@@ -90,6 +90,9 @@ class Journal:
         self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # One flush at a time per buffer: concurrent flushes of one key would race their
+        # compare-and-sets (reordering chunks, or dropping them after CAS_RETRIES conflicts).
+        self._flushing: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self._reread: set[asyncio.Queue[Msg | None]] = set()
         self.writes = 0
         # Direct gets are answered by any replica, and a follower may not have applied a write
@@ -289,6 +292,17 @@ class Journal:
             await self._flush_key(key)
 
     async def _flush_key(self, key: tuple[str, str]) -> None:
+        lock, users = self._flushing.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:  # FIFO: chunks are written in the order they were appended
+                await self._flush_locked(key)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                self._flushing.pop(key, None)
+
+    async def _flush_locked(self, key: tuple[str, str]) -> None:
         pending = self._pending.pop(key, None)
         if pending is None or not pending.data:
             return
@@ -430,7 +444,7 @@ class Journal:
                                 attempt=buffer.attempt,
                             )
                             offsets[name] = buffer.total
-                    if new is not record:
+                    if new != record:  # a re-read of an unchanged record is not news
                         record = new
                         yield WatchEvent("record", record=record)
                 if record.terminal:
