@@ -103,6 +103,7 @@ class Topology:
         )
 
     async def ensure(self) -> None:
+        self._consumers.clear()  # re-apply every consumer's config, not just the new ones
         for priority in Priority:
             await self._stream(self.task_stream(priority))
             await self.ensure_consumer(priority, Route())

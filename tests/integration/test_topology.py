@@ -1,0 +1,127 @@
+"""Provisioning: idempotent, updates what JetStream allows, refuses clearly what it does not; and
+the names operators use with the ``nats`` CLI answer with readable JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hubtest import Core, make_settings
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from hub.errors import InvalidSettings
+from hub.model import Priority, TaskSpec
+from hub.nats import subjects
+from hub.nats.topology import Topology
+
+NS = 1_000_000_000
+
+
+async def api(core: Core, subject: str, body: bytes = b"") -> dict:
+    """A JetStream API request exactly as the ``nats`` CLI makes it."""
+    reply = await core.nc.request(subject, body, timeout=3)
+    return json.loads(reply.data)
+
+
+async def test_names_and_stream_settings(hub_core: Core) -> None:
+    names = json.loads((await hub_core.nc.request("$JS.API.STREAM.NAMES", b"", timeout=3)).data)
+    assert set(names["streams"]) >= {
+        "HUB_TASKS_CRITICAL",
+        "HUB_TASKS_HIGH",
+        "HUB_TASKS_NORMAL",
+        "HUB_TASKS_LOW",
+        "HUB_DLQ",
+        "KV_hub_journal",
+        "KV_hub_nodes",
+    }
+    for priority in Priority:
+        info = await api(hub_core, f"$JS.API.STREAM.INFO.{subjects.stream_name(priority)}")
+        config = info["config"]
+        assert config["retention"] == "workqueue"
+        assert config["storage"] == "file"
+        assert config["num_replicas"] == 1
+        assert config["subjects"] == [f"hub.tasks.{priority.label}.>"]
+        assert config["duplicate_window"] == 120 * NS
+        # The trap: a stream max_age would remove a task while it runs.
+        assert config.get("max_age", 0) == 0
+        assert config["max_msg_size"] >= hub_core.settings.max_payload_bytes
+        consumer = await api(
+            hub_core, f"$JS.API.CONSUMER.INFO.{subjects.stream_name(priority)}.any"
+        )
+        c = consumer["config"]
+        assert c["ack_policy"] == "explicit" and c["filter_subject"] == (
+            f"hub.tasks.{priority.label}.any.*"
+        )
+        assert c["ack_wait"] == int(hub_core.settings.ack_wait_s * NS)
+    journal = (await api(hub_core, "$JS.API.STREAM.INFO.KV_hub_journal"))["config"]
+    assert journal.get("max_age", 0) == 0  # no bucket TTL: running tasks' records never vanish
+    assert journal["allow_msg_ttl"] is True
+    assert journal["subject_delete_marker_ttl"] == int(hub_core.settings.result_ttl_s * NS)
+    assert journal["republish"]["dest"] == "hub.journal.>"
+
+
+async def test_ensure_twice_changes_nothing(hub_core: Core) -> None:
+    async def snapshot() -> dict:
+        out = {}
+        for name in [*(subjects.stream_name(p) for p in Priority), "HUB_DLQ", "KV_hub_journal"]:
+            info = await api(hub_core, f"$JS.API.STREAM.INFO.{name}")
+            out[name] = (info["config"], info["created"])
+        consumers = await api(hub_core, "$JS.API.CONSUMER.NAMES.HUB_TASKS_NORMAL")
+        out["consumers"] = sorted(consumers["consumers"])
+        return out
+
+    before = await snapshot()
+    await hub_core.topology.ensure()
+    await Topology(hub_core.js, hub_core.settings).ensure()  # another replica starting
+    assert await snapshot() == before
+
+
+async def test_ensure_updates_what_jetstream_allows(hub_core: Core) -> None:
+    other = make_settings(dedupe_window_s=5.0, ack_wait_s=4.0)
+    await Topology(hub_core.js, other).ensure()
+    info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_NORMAL")
+    assert info["config"]["duplicate_window"] == 5 * NS
+    await hub_core.topology.ensure()  # back to this replica's settings
+    info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_NORMAL")
+    assert info["config"]["duplicate_window"] == 120 * NS
+    consumer = await api(hub_core, "$JS.API.CONSUMER.INFO.HUB_TASKS_NORMAL.any")
+    assert consumer["config"]["ack_wait"] == int(hub_core.settings.ack_wait_s * NS)
+
+
+async def test_ensure_refuses_what_jetstream_cannot_change(hub_core: Core) -> None:
+    await hub_core.js.delete_stream("HUB_TASKS_LOW")
+    await hub_core.js.add_stream(
+        StreamConfig(
+            name="HUB_TASKS_LOW",
+            subjects=["hub.tasks.low.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+        )
+    )
+    with pytest.raises(InvalidSettings) as info:
+        await Topology(hub_core.js, hub_core.settings).ensure()
+    message = str(info.value)
+    assert "HUB_TASKS_LOW" in message and "cannot change" in message
+    assert "retention" in message.lower()
+    # and it left the stream as it was
+    config = (await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_LOW"))["config"]
+    assert config["retention"] == "limits"
+
+
+async def test_record_is_readable_with_the_nats_cli_request(hub_core: Core) -> None:
+    record, _ = await hub_core.pool.submit(
+        TaskSpec(kind="echo", payload=b"hello", id="cli-1", priority=Priority.HIGH)
+    )
+    # `nats kv get hub_journal task.cli-1` makes this direct get:
+    reply = await hub_core.nc.request(
+        "$JS.API.DIRECT.GET.KV_hub_journal.$KV.hub_journal.task.cli-1", b"", timeout=3
+    )
+    assert reply.headers and reply.headers.get("Nats-Subject") == "$KV.hub_journal.task.cli-1"
+    data = json.loads(reply.data)
+    assert data["id"] == "cli-1" and data["status"] == "queued"
+    assert data["priority"] == "high" and data["kind"] == "echo"
+    assert data["route"] == {"node": "", "capabilities": []}
+    # and `nats stream info HUB_TASKS_HIGH` shows the queued task
+    info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_HIGH")
+    assert info["state"]["messages"] == 1
+    assert record.id == "cli-1"
