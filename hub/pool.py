@@ -111,9 +111,16 @@ class Pool:
         record, created = await self.journal.create(lifecycle.submitted(spec, self.clock()))
         if not created:
             lifecycle.same_task(record, spec)
-        if created or (record.status is Status.QUEUED and not record.tries):
-            # A retried submit republishes: the message id makes it a no-op inside the dedupe
-            # window, and if the first publish never landed this is what stores it.
+        if created:
+            await self.queue.publish(record, spec.payload)
+        elif (
+            record.status is Status.QUEUED
+            and not record.tries
+            and await self.queue.message(record) is None
+        ):
+            # A retried submit republishes if the first publish never landed. Only then: the
+            # message id makes a republish a no-op inside the dedupe window, but past it a
+            # second copy of the task would be stored.
             await self.queue.publish(record, spec.payload)
         log.info(
             "submitted task=%s kind=%s priority=%s route=%s new=%s",

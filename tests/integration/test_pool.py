@@ -1,0 +1,510 @@
+"""The work pool against a real nats-server: priorities, leases, fencing, the DLQ, idempotent
+submit, concurrent takers, the task TTL, routing, first-result-wins and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hubtest import Core, eventually, take_all, take_one
+
+from hub.errors import (
+    AlreadyFinished,
+    HubError,
+    InvalidTask,
+    PayloadTooLarge,
+    StaleAttempt,
+    WrongState,
+)
+from hub.model import Priority, Route, Status, TaskSpec
+from hub.nats import subjects
+
+
+async def submit(core: Core, task_id: str, **kwargs) -> None:
+    kwargs.setdefault("kind", "echo")
+    kwargs.setdefault("payload", task_id.encode())
+    await core.pool.submit(TaskSpec(id=task_id, **kwargs))
+
+
+async def snapshot(core: Core, task_id: str) -> tuple:
+    """The record and its revision, read fresh from the bucket."""
+    return await core.journal.read(task_id, fresh=True)
+
+
+# -- priorities -----------------------------------------------------------------------------
+
+
+async def test_priority_order(make_core) -> None:
+    core = await make_core(starvation_limit=1000)
+    for i in range(3):
+        for priority in ("low", "normal", "high", "critical"):
+            await submit(core, f"{priority}-{i}", priority=priority)
+    taken = [g.record.id for g in await take_all(core.pool, "n1", 12, timeout_s=10, slots=1)]
+    assert taken == [f"{p}-{i}" for p in ("critical", "high", "normal", "low") for i in range(3)]
+
+
+async def test_priority_order_in_one_batch(make_core) -> None:
+    core = await make_core(starvation_limit=1000)
+    for priority in ("low", "normal", "high", "critical"):
+        await submit(core, priority, priority=priority)
+    grants = await core.pool.take("n1", slots=3)
+    assert [g.record.id for g in grants] == ["critical", "high", "normal"]
+    assert (await core.pool.counts()).queued["low"] == 1
+
+
+async def test_low_is_not_starved_by_sustained_critical_load(make_core) -> None:
+    limit = 4
+    core = await make_core(starvation_limit=limit)
+    await submit(core, "low-0", priority="low")
+    for i in range(5):
+        await submit(core, f"crit-{i}", priority="critical")
+    order = []
+    for i in range(limit + 4):
+        grant = await take_one(core.pool, "n1", timeout_s=5, slots=1)
+        order.append(grant.record.id)
+        await core.pool.complete(grant.record.id, grant.record.attempt, b"")
+        await submit(core, f"crit-more-{i}", priority="critical")  # critical never runs dry
+        if grant.record.id == "low-0":
+            break
+    assert "low-0" in order, order
+    assert order.index("low-0") <= limit + 3, order
+    assert order[0].startswith("crit"), order  # still strict while nothing starves
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+async def test_unextended_claim_comes_back_after_the_visibility_timeout(hub_core: Core) -> None:
+    await submit(hub_core, "t1")
+    first = await take_one(hub_core.pool, "n1", timeout_s=5)
+    claimed_at = time.monotonic()
+    assert (first.record.attempt, first.record.deliveries, first.record.node) == (1, 1, "n1")
+    assert await hub_core.pool.take("n2") == []  # held
+    second = await take_one(hub_core.pool, "n2", timeout_s=hub_core.settings.ack_wait_s + 5)
+    assert time.monotonic() - claimed_at >= hub_core.settings.ack_wait_s * 0.8
+    r = second.record
+    assert (r.id, r.attempt, r.deliveries, r.node, r.status) == ("t1", 2, 2, "n2", Status.CLAIMED)
+    assert second.payload == b"t1"
+    assert [(h.attempt, h.node, h.outcome) for h in r.history] == [
+        (1, "n1", "lease expired"),
+        (2, "n2", ""),
+    ]
+
+
+async def test_extended_claim_does_not_come_back(hub_core: Core) -> None:
+    await submit(hub_core, "t1")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    await hub_core.pool.begin("t1", 1, "n1")
+    ack_wait = hub_core.settings.ack_wait_s
+    deadline = time.monotonic() + 3 * ack_wait
+    beats = 0
+    while time.monotonic() < deadline:
+        record = await hub_core.pool.extend("t1", grant.record.attempt, "n1")
+        beats += 1
+        assert record.lease_deadline > time.time()
+        assert await hub_core.pool.take("n2") == [], "an extended task was handed out again"
+        await asyncio.sleep(ack_wait / 4)
+    assert beats >= 8
+    done = await hub_core.pool.complete("t1", grant.record.attempt, b"ok", "n1")
+    assert done.status is Status.SUCCEEDED and done.attempt == 1
+    assert await hub_core.stream_messages() == 0
+
+
+async def test_stale_attempt_is_refused_and_changes_nothing(hub_core: Core, make_core) -> None:
+    await submit(hub_core, "t1")
+    old = await take_one(hub_core.pool, "n1", timeout_s=5)
+    new = await take_one(hub_core.pool, "n2", timeout_s=hub_core.settings.ack_wait_s + 5)
+    assert new.record.attempt == old.record.attempt + 1
+    before = await snapshot(hub_core, "t1")
+    other = await make_core()  # a replica that never saw the task
+    for pool in (hub_core.pool, other.pool):
+        stale = old.record.attempt
+        calls = [
+            pool.extend("t1", stale),
+            pool.begin("t1", stale),
+            pool.complete("t1", stale, b"zombie"),
+            pool.fail("t1", stale, "zombie failed"),
+            pool.fail("t1", stale, "zombie failed", retry=False),
+            pool.release("t1", stale, reason="zombie", counts=False),
+        ]
+        for call in calls:
+            with pytest.raises(StaleAttempt) as info:
+                await call
+            assert (info.value.attempt, info.value.current) == (stale, new.record.attempt)
+    assert await snapshot(hub_core, "t1") == before
+    assert await hub_core.stream_messages() == 1  # no stale ack removed the message
+    # the new holder is unaffected: its lease was not shortened and it can finish
+    done = await hub_core.pool.complete("t1", new.record.attempt, b"real", "n2")
+    assert (done.status, done.result, done.node) == (Status.SUCCEEDED, b"real", "n2")
+    assert await hub_core.stream_messages() == 0
+
+
+async def test_another_nodes_call_is_refused(hub_core: Core) -> None:
+    from hub.errors import NotTaskOwner
+
+    await submit(hub_core, "t1")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    with pytest.raises(NotTaskOwner):
+        await hub_core.pool.complete("t1", grant.record.attempt, b"x", "n2")
+    assert (await hub_core.journal.get("t1")).status is Status.CLAIMED
+
+
+async def test_release_hands_back_at_once(hub_core: Core) -> None:
+    await submit(hub_core, "t1")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    released = await hub_core.pool.release("t1", grant.record.attempt, reason="drain", counts=False)
+    assert released.status is Status.QUEUED and released.tries == 0
+    started = time.monotonic()
+    again = await take_one(hub_core.pool, "n2", timeout_s=3)
+    assert time.monotonic() - started < hub_core.settings.ack_wait_s
+    assert (again.record.attempt, again.record.tries) == (2, 1)
+
+
+async def test_failed_attempt_is_retried_after_the_backoff(make_core) -> None:
+    core = await make_core(retry_backoff_s=(1.0,))
+    await submit(core, "t1")
+    grant = await take_one(core.pool, "n1", timeout_s=5)
+    failed_at = time.monotonic()
+    record = await core.pool.fail("t1", grant.record.attempt, "flaky")
+    assert record.status is Status.QUEUED and record.error == "flaky"
+    again = await take_one(core.pool, "n1", timeout_s=5)
+    assert time.monotonic() - failed_at >= 0.8
+    assert again.record.attempt == 2 and again.record.history[0].outcome == "failed"
+
+
+# -- dead letters and replay ----------------------------------------------------------------
+
+
+async def test_max_attempts_moves_the_task_to_the_dlq(hub_core: Core) -> None:
+    await submit(hub_core, "t1", max_attempts=2, payload=b"the payload")
+    for attempt in (1, 2):
+        grant = await take_one(hub_core.pool, f"n{attempt}", timeout_s=5)
+        assert grant.record.attempt == attempt
+        record = await hub_core.pool.fail("t1", attempt, f"boom {attempt}")
+    assert record.status is Status.DEAD
+    letter = await hub_core.queue.dead_letter("t1")
+    assert letter is not None
+    assert (letter.task_id, letter.kind, letter.payload, letter.generation) == (
+        "t1",
+        "echo",
+        b"the payload",
+        1,
+    )
+    assert letter.error == "boom 2"
+    assert [(h["attempt"], h["node"], h["outcome"], h["error"]) for h in letter.history] == [
+        (1, "n1", "failed", "boom 1"),
+        (2, "n2", "failed", "boom 2"),
+    ]
+    assert await hub_core.stream_messages() == 0  # removed from the work queue
+    assert await hub_core.pool.take("n3") == []
+    counts = await hub_core.pool.counts()
+    assert counts.dead == 1 and counts.in_flight == 0 and counts.queued["normal"] == 0
+
+
+async def test_lapsed_leases_use_up_attempts_into_the_dlq(make_core) -> None:
+    """A task that crashes every node it touches (nobody fails it, leases just lapse) still
+    reaches the DLQ, and does not stay behind in the work queue."""
+    core = await make_core(ack_wait_s=1.0)
+    await submit(core, "t1", max_attempts=2)
+    await take_one(core.pool, "n1", timeout_s=5)
+    await take_one(core.pool, "n2", timeout_s=5)
+
+    async def buried() -> bool:
+        assert await core.pool.take("n3") == []
+        return await core.queue.dead_letter("t1") is not None
+
+    await eventually(buried, timeout_s=5, interval_s=0.1)
+    record = await core.journal.get("t1")
+    assert record.status is Status.DEAD and record.tries == 2
+    assert [h.outcome for h in record.history] == ["lease expired", "dead"]
+    assert await core.stream_messages() == 0
+
+
+async def test_replay_inside_the_dedupe_window_and_old_holder_stays_fenced(
+    hub_core: Core,
+) -> None:
+    assert hub_core.settings.dedupe_window_s >= 60  # the whole test runs inside the window
+    await submit(hub_core, "t1", max_attempts=1)
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    dead = await hub_core.pool.fail("t1", grant.record.attempt, "boom")
+    assert dead.status is Status.DEAD and await hub_core.queue.dead_letter("t1") is not None
+
+    replayed = await hub_core.pool.replay("t1")
+    assert (replayed.status, replayed.generation, replayed.tries) == (Status.QUEUED, 2, 0)
+    assert await hub_core.queue.dead_letter("t1") is None
+    assert await hub_core.stream_messages() == 1  # not dropped as a duplicate
+    with pytest.raises(WrongState):
+        await hub_core.pool.replay("t1")  # not dead any more
+
+    again = await take_one(hub_core.pool, "n2", timeout_s=5)
+    assert (again.record.attempt, again.record.generation) == (2, 2)
+    assert again.payload == b"t1"
+    before = await snapshot(hub_core, "t1")
+    with pytest.raises(StaleAttempt):
+        await hub_core.pool.complete("t1", grant.record.attempt, b"zombie")
+    with pytest.raises(StaleAttempt):
+        await hub_core.pool.extend("t1", grant.record.attempt)
+    assert await snapshot(hub_core, "t1") == before
+    done = await hub_core.pool.complete("t1", again.record.attempt, b"second life")
+    assert done.status is Status.SUCCEEDED and done.result == b"second life"
+    assert await hub_core.stream_messages() == 0
+
+
+async def test_replay_of_a_task_that_is_not_dead(hub_core: Core) -> None:
+    await submit(hub_core, "t1")
+    with pytest.raises(WrongState):
+        await hub_core.pool.replay("t1")
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+async def test_submit_is_idempotent_on_the_task_id(hub_core: Core) -> None:
+    first, created = await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"a", id="t1"))
+    again, created_again = await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"a", id="t1"))
+    assert created and not created_again
+    assert again == first
+    assert await hub_core.all_task_messages() == 1
+    assert await hub_core.journal_messages() == 1
+
+
+async def test_submit_is_idempotent_after_the_dedupe_window(make_core) -> None:
+    core = await make_core(dedupe_window_s=1.0)
+    await submit(core, "t1")
+    await asyncio.sleep(1.5)  # past JetStream's duplicate window: only the journal remembers
+    _, created = await core.pool.submit(TaskSpec(kind="echo", payload=b"t1", id="t1"))
+    assert not created
+    assert await core.all_task_messages() == 1
+    grant = await take_one(core.pool, "n1", timeout_s=5)
+    await core.pool.complete("t1", grant.record.attempt, b"once")
+    # a resubmit of a finished task neither re-runs nor re-queues it
+    record, created = await core.pool.submit(TaskSpec(kind="echo", payload=b"t1", id="t1"))
+    assert not created and record.status is Status.SUCCEEDED
+    await asyncio.sleep(0.2)
+    assert await core.pool.take("n1", slots=5) == []
+    record = await core.journal.get("t1")
+    assert record.attempt == 1 and len(record.history) == 1  # exactly one execution
+    assert await core.all_task_messages() == 0
+
+
+async def test_resubmit_republishes_a_lost_publish(hub_core: Core) -> None:
+    """A submit whose publish never landed (the record exists, the message does not) is
+    repaired by retrying the submit with the same id."""
+    from hub import lifecycle
+
+    spec = TaskSpec(kind="echo", payload=b"p", id="t1").validated(1024, 3)
+    await hub_core.journal.create(lifecycle.submitted(spec, time.time()))  # crash before publish
+    assert await hub_core.all_task_messages() == 0
+    _, created = await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"p", id="t1"))
+    assert not created and await hub_core.all_task_messages() == 1
+    assert (await take_one(hub_core.pool, "n1", timeout_s=5)).payload == b"p"
+
+
+# -- concurrent takers ----------------------------------------------------------------------
+
+
+async def test_two_takers_never_get_the_same_task(hub_core: Core, make_core) -> None:
+    other = await make_core()
+    ids = [f"t{i:03d}" for i in range(200)]
+    for start in range(0, len(ids), 50):
+        await asyncio.gather(*(submit(hub_core, i) for i in ids[start : start + 50]))
+    got: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def taker(core: Core, name: str) -> None:
+        deadline = time.monotonic() + 30
+        while len(got["a"]) + len(got["b"]) < len(ids) and time.monotonic() < deadline:
+            grants = await core.pool.take(name, slots=7)
+            got[name].extend(g.record.id for g in grants)
+            for g in grants:
+                assert g.record.node == name and g.record.attempt == 1
+            await asyncio.sleep(0)
+
+    await asyncio.gather(taker(hub_core, "a"), taker(other, "b"))
+    a, b = set(got["a"]), set(got["b"])
+    assert not a & b
+    assert len(a) == len(got["a"]) and len(b) == len(got["b"])
+    assert a | b == set(ids)
+    assert a and b  # both really took part
+
+
+# -- task TTL -------------------------------------------------------------------------------
+
+
+async def test_task_ttl_expires_unclaimed_tasks_only(make_core) -> None:
+    core = await make_core(task_ttl_s=1.0, ack_wait_s=2.0)
+    await submit(core, "claimed")
+    await submit(core, "unclaimed")
+    grant = await take_one(core.pool, "n1", timeout_s=5, slots=1)
+    assert grant.record.id == "claimed"
+    assert await core.pool.sweep_expired() == 0  # nothing is due yet
+    await asyncio.sleep(1.2)  # past the task TTL, within the lease
+
+    assert await core.pool.sweep_expired() == 1
+    expired = await core.journal.get("unclaimed")
+    assert expired.status is Status.EXPIRED and expired.error
+    assert await core.queue.message(expired) is None  # removed from the work queue
+    assert (await core.journal.wait("unclaimed", 5)).status is Status.EXPIRED
+    running = await core.journal.get("claimed")
+    assert running.status is Status.CLAIMED
+
+    # its holder crashes (never extends): it is redelivered after ack_wait, not expired
+    again = await take_one(core.pool, "n2", timeout_s=core.settings.ack_wait_s + 5)
+    assert (again.record.id, again.record.attempt) == ("claimed", 2)
+    assert await core.pool.sweep_expired() == 0
+    done = await core.pool.complete("claimed", 2, b"ok")
+    assert done.status is Status.SUCCEEDED
+    assert await core.stream_messages() == 0
+
+
+# -- routing --------------------------------------------------------------------------------
+
+
+async def test_node_directed_routing(hub_core: Core) -> None:
+    await submit(hub_core, "for-n2", route=Route(node="n2"))
+    for _ in range(3):
+        assert await hub_core.pool.take("n1", slots=5) == []
+    grant = await take_one(hub_core.pool, "n2", timeout_s=5)
+    assert grant.record.id == "for-n2" and grant.record.node == "n2"
+    # a directed node still takes work meant for anyone
+    await submit(hub_core, "for-anyone")
+    assert (await take_one(hub_core.pool, "n2", timeout_s=5)).record.id == "for-anyone"
+
+
+async def test_capability_routing(hub_core: Core, make_core) -> None:
+    await submit(hub_core, "gpu-task", route=Route(capabilities=frozenset({"gpu", "cuda"})))
+    replica = await make_core()  # learns of the route from the stream's consumers
+    for pool in (hub_core.pool, replica.pool):
+        assert await pool.take("plain", slots=5) == []
+        assert await pool.take("half", frozenset({"gpu"}), slots=5) == []
+        assert await pool.take("other", frozenset({"cpu", "cuda"}), slots=5) == []
+    grant = await take_one(
+        replica.pool, "big", timeout_s=5, capabilities=frozenset({"gpu", "cuda", "ram64"})
+    )
+    assert grant.record.id == "gpu-task" and grant.record.node == "big"
+    assert grant.record.route == Route(capabilities=frozenset({"gpu", "cuda"}))
+
+
+# -- first result wins ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_first_result_wins_under_concurrent_completions(
+    hub_core: Core, make_core, round_: int
+) -> None:
+    other = await make_core()
+    await submit(hub_core, "t1")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    attempt = grant.record.attempt
+    calls = {
+        "a1": hub_core.pool.complete("t1", attempt, b"a1"),
+        "a2": hub_core.pool.complete("t1", attempt, b"a2"),
+        "a-fail": hub_core.pool.fail("t1", attempt, "a failed", retry=False),
+        "b1": other.pool.complete("t1", attempt, b"b1"),
+        "b2": other.pool.complete("t1", attempt, b"b2"),
+        "b-fail": other.pool.fail("t1", attempt, "b failed", retry=False),
+    }
+    results = dict(
+        zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True), strict=True)
+    )
+    winners = {k: v for k, v in results.items() if not isinstance(v, BaseException)}
+    assert len(winners) == 1, results
+    for name, outcome in results.items():
+        if name not in winners:
+            assert isinstance(outcome, AlreadyFinished), (name, outcome)
+    ((name, won),) = winners.items()
+    record, revision = await snapshot(hub_core, "t1")
+    assert record == won
+    if name.endswith("fail"):
+        assert record.status is Status.FAILED and record.error == f"{name[0]} failed"
+    else:
+        assert record.status is Status.SUCCEEDED and record.result == name.encode()
+    # a duplicate afterwards changes nothing either
+    with pytest.raises(AlreadyFinished):
+        await other.pool.complete("t1", attempt, b"late")
+    assert await snapshot(hub_core, "t1") == (record, revision)
+    assert await hub_core.stream_messages() == 0
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+async def test_cancel_queued_and_running_tasks(hub_core: Core) -> None:
+    await submit(hub_core, "running")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    await submit(hub_core, "queued")
+    before, after = await hub_core.pool.cancel("queued")
+    assert before.status is Status.QUEUED and after.status is Status.CANCELLED
+    before, after = await hub_core.pool.cancel("running")
+    assert before.status is Status.CLAIMED and after.status is Status.CANCELLED
+    with pytest.raises(AlreadyFinished):
+        await hub_core.pool.complete("running", grant.record.attempt, b"too late")
+    with pytest.raises(AlreadyFinished):
+        await hub_core.pool.cancel("queued")
+    assert await hub_core.stream_messages() == 0
+    await asyncio.sleep(0.2)
+    assert await hub_core.pool.take("n2", slots=5) == []
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        (TaskSpec(kind="echo", id="bad id"), InvalidTask),
+        (TaskSpec(kind="echo", id="a.b"), InvalidTask),
+        (TaskSpec(kind="echo", id="x" * 65), InvalidTask),
+        (TaskSpec(kind=""), InvalidTask),
+        (TaskSpec(kind="no spaces"), InvalidTask),
+        (TaskSpec(kind="echo", priority="urgent"), InvalidTask),  # type: ignore[arg-type]
+        (TaskSpec(kind="echo", priority=7), InvalidTask),  # type: ignore[arg-type]
+        (TaskSpec(kind="echo", max_attempts=-2), InvalidTask),
+        (TaskSpec(kind="echo", payload=b"x" * (64 * 1024 + 1)), PayloadTooLarge),
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_is_written(
+    hub_core: Core, spec: TaskSpec, error: type[HubError]
+) -> None:
+    with pytest.raises(error):
+        await hub_core.pool.submit(spec)
+    assert await hub_core.all_task_messages() == 0
+    assert await hub_core.journal_messages() == 0
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        {"capabilities": frozenset({"GPU"})},
+        {"capabilities": frozenset({"a_b"})},
+        {"node": "bad node"},
+        {"node": "n1", "capabilities": frozenset({"gpu"})},
+    ],
+)
+async def test_bad_routes_are_refused_and_nothing_is_written(hub_core: Core, route: dict) -> None:
+    with pytest.raises(InvalidTask):
+        await hub_core.pool.submit(TaskSpec(kind="echo", route=Route(**route)))
+    assert await hub_core.all_task_messages() == 0
+    assert await hub_core.journal_messages() == 0
+
+
+async def test_oversized_result_is_refused_and_changes_nothing(hub_core: Core) -> None:
+    await submit(hub_core, "t1")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    before = await snapshot(hub_core, "t1")
+    with pytest.raises(PayloadTooLarge):
+        await hub_core.pool.complete("t1", grant.record.attempt, b"x" * (64 * 1024 + 1))
+    assert await snapshot(hub_core, "t1") == before
+    assert await hub_core.stream_messages() == 1
+
+
+async def test_counts(hub_core: Core) -> None:
+    await submit(hub_core, "h", priority="high")
+    await submit(hub_core, "l1", priority="low")
+    await submit(hub_core, "l2", priority="low")
+    await take_one(hub_core.pool, "n1", timeout_s=5)  # takes "h"
+    counts = await hub_core.pool.counts()
+    assert counts.queued == {"critical": 0, "high": 0, "normal": 0, "low": 2}
+    assert counts.in_flight == 1 and counts.dead == 0
+    assert counts.oldest_age_s["low"] >= 0 and counts.oldest_age_s["critical"] == 0
+    assert subjects.stream_name(Priority.LOW) == "HUB_TASKS_LOW"
