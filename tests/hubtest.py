@@ -127,3 +127,68 @@ async def take_all(pool: Pool, node: str, count: int, *, timeout_s: float, **kwa
 
     await eventually(probe, timeout_s=timeout_s, interval_s=0.01)
     return grants
+
+
+class TcpProxy:
+    """A loopback TCP proxy to a NATS server whose link can be cut and healed: a network fault
+    for one client while the server and every other client carry on (not a NATS mock).
+
+    While cut, the proxy does not listen at all, so reconnect attempts are refused outright.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.close()
+            self._links.discard(dst)
+
+    async def cut(self) -> None:
+        """Stop listening and drop every link."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._links):
+            writer.close()
+        self._links.clear()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def heal(self) -> None:
+        """Listen again on the same port."""
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
