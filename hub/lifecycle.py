@@ -218,7 +218,9 @@ def cancel(record: TaskRecord, now: float) -> TaskRecord:
 def expire(record: TaskRecord, now: float, ttl_s: float) -> TaskRecord:
     """Only a task never claimed in this generation expires: one claimed just before its TTL
     runs on (and is redelivered after a crash) instead of vanishing mid-run."""
-    if record.status is not Status.QUEUED or record.tries:
+    # ``seq`` is set by a claim and cleared by a replay: a task handed back politely (which
+    # gives its try back) was still claimed in this generation.
+    if record.status is not Status.QUEUED or record.tries or record.seq:
         raise WrongState(record.id, record.status, "expire")
     if now - record.queued_at < ttl_s:
         raise WrongState(record.id, "not yet due", "expire")

@@ -182,6 +182,27 @@ async def test_wait_on_an_expired_result(make_core) -> None:
     assert time.monotonic() - started < 1
 
 
+async def test_waiters_and_watchers_create_no_jetstream_consumers(hub_core: Core) -> None:
+    """The trap: a KV watch per waiter is a JetStream consumer each. Wait and watch ride the
+    bucket's republished feed instead, so many of them leave the server's state alone."""
+    grant = await running_task(hub_core)
+    waiters = [asyncio.create_task(hub_core.journal.wait("t1", timeout_s=30)) for _ in range(20)]
+
+    async def watch() -> list[WatchEvent]:
+        return [e async for e in hub_core.journal.watch("t1")]
+
+    watchers = [asyncio.create_task(watch()) for _ in range(10)]
+    await asyncio.sleep(0.3)
+    info = await hub_core.js.stream_info("KV_hub_journal")
+    assert info.state.consumer_count == 0
+    await hub_core.pool.complete("t1", grant.record.attempt, b"r")
+    async with asyncio.timeout(5):
+        records = await asyncio.gather(*waiters)
+        streams = await asyncio.gather(*watchers)
+    assert all(r.status is Status.SUCCEEDED for r in records)
+    assert all(events[-1].record.status is Status.SUCCEEDED for events in streams)
+
+
 # -- watch --------------------------------------------------------------------------------
 
 

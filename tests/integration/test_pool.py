@@ -357,6 +357,19 @@ async def test_task_ttl_expires_unclaimed_tasks_only(make_core) -> None:
     assert await core.stream_messages() == 0
 
 
+async def test_task_ttl_spares_a_task_handed_back_politely(make_core) -> None:
+    """A drain gives the try back, but the task was claimed: it is not 'unclaimed' for the TTL."""
+    core = await make_core(task_ttl_s=1.0)
+    await submit(core, "t1")
+    grant = await take_one(core.pool, "n1", timeout_s=5)
+    await asyncio.sleep(1.2)  # past the task TTL while it runs
+    released = await core.pool.release("t1", grant.record.attempt, reason="drain", counts=False)
+    assert released.tries == 0
+    assert await core.pool.sweep_expired() == 0
+    again = await take_one(core.pool, "n2", timeout_s=5)
+    assert again.record.attempt == 2 and again.record.status is Status.CLAIMED
+
+
 # -- routing --------------------------------------------------------------------------------
 
 

@@ -166,6 +166,12 @@ def test_expire_only_unclaimed_tasks_past_their_ttl() -> None:
     released = lifecycle.release(claimed(), 1, NOW + 2, reason="lost", counts=True)
     with pytest.raises(WrongState):
         lifecycle.expire(released, NOW + 100, ttl_s=10)  # was claimed in this generation
+    drained = lifecycle.release(claimed(), 1, NOW + 2, reason="drain", counts=False)
+    assert drained.tries == 0
+    with pytest.raises(WrongState):
+        lifecycle.expire(drained, NOW + 100, ttl_s=10)  # its try was given back, still claimed
+    replayed = lifecycle.replay(lifecycle.dead(claimed(), NOW + 3, "x"), NOW + 4)
+    assert lifecycle.expire(replayed, NOW + 14, ttl_s=10).status is Status.EXPIRED
 
 
 def test_dead_and_replay_start_a_new_generation() -> None:
