@@ -327,7 +327,7 @@ class NatsCluster:
         found: list[str] = []
 
         async def elected(nc: NATS) -> None:
-            info = await nc.jetstream(timeout=1).stream_info(stream)
+            info = await nc.jetstream(timeout=0.5).stream_info(stream)
             leader = info.cluster.leader if info.cluster else None
             if not leader or leader == other_than:
                 raise _NotYet(f"stream {stream} has no leader yet")
