@@ -31,6 +31,7 @@ __all__ = (
     "encode_bytes",
     "new_task_id",
     "validate_node_id",
+    "validate_task_id",
 )
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -89,6 +90,14 @@ def validate_node_id(node_id: str) -> str:
     if not _TOKEN.match(node_id or ""):
         raise InvalidTask(f"node id {node_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
     return node_id
+
+
+def validate_task_id(task_id: str) -> str:
+    """A task id names NATS subjects and KV keys: an empty one, a dot or a wildcard (``*``,
+    ``>``) would read or purge other tasks' data."""
+    if not _TOKEN.match(task_id or ""):
+        raise InvalidTask(f"task id {task_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    return task_id
 
 
 def new_task_id() -> str:

@@ -24,7 +24,7 @@ from hub.config import Settings
 from hub.errors import HubError, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
 from hub.journal import Journal
 from hub.lifecycle import Verdict
-from hub.model import Priority, Route, Status, TaskRecord, TaskSpec
+from hub.model import Priority, Route, Status, TaskRecord, TaskSpec, validate_task_id
 from hub.nats import subjects
 from hub.nats.errors import nats_errors
 from hub.nats.topology import Topology
@@ -381,6 +381,8 @@ class Pool:
         return await self.queue.dead_letters(limit)
 
     async def purge_dead(self, task_id: str = "") -> int:
+        if task_id:
+            validate_task_id(task_id)  # a wildcard would pick some other task's dead letter
         letters = [await self.queue.dead_letter(task_id)] if task_id else await self.dead_letters()
         count = 0
         for letter in letters:

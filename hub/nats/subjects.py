@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.errors import InvalidTask
-from hub.model import Priority, Route
+from hub.model import Priority, Route, validate_task_id
 
 __all__ = (
     "DLQ_STREAM",
@@ -141,10 +141,13 @@ def dlq_subject(task_id: str) -> str:
 
 
 def record_key(task_id: str) -> str:
-    return f"task.{task_id}"
+    """The journal key of a task's record; InvalidTask for an id that is not one (a wildcard
+    id would read another task's record)."""
+    return f"task.{validate_task_id(task_id)}"
 
 
 def buffer_key(task_id: str, name: str) -> str:
+    validate_task_id(task_id)
     if name not in ("stdout", "thoughts"):
         raise InvalidTask(f"unknown buffer {name!r}; expected stdout or thoughts")
     return f"task.{task_id}.{name}"

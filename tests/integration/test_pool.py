@@ -510,6 +510,35 @@ async def test_bad_routes_are_refused_and_nothing_is_written(hub_core: Core, rou
     assert await hub_core.journal_messages() == 0
 
 
+@pytest.mark.parametrize("bad", ["", "*", ">", "a.b", "a b", "t1.stdout"])
+async def test_bad_task_ids_are_refused_at_once_everywhere(hub_core: Core, bad: str) -> None:
+    """Not a 15 s retry against a subject nobody answers, and never a wildcard read of another
+    task's record (``*`` would match ``task.t1``)."""
+    await submit(hub_core, "t1", max_attempts=1)
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+    await hub_core.pool.fail("t1", grant.record.attempt, "boom")  # t1 is in the DLQ
+    before = await snapshot(hub_core, "t1")
+    journal, pool = hub_core.journal, hub_core.pool
+    calls = {
+        "get": lambda: journal.get(bad),
+        "wait": lambda: journal.wait(bad, 30),
+        "watch": lambda: anext(aiter(journal.watch(bad))),
+        "buffer": lambda: journal.read_buffer(bad, "stdout"),
+        "cancel": lambda: pool.cancel(bad),
+        "replay": lambda: pool.replay(bad),
+        "complete": lambda: pool.complete(bad, 1, b"x"),
+    }
+    if bad:  # purge_dead("") is "purge them all"
+        calls["purge_dead"] = lambda: pool.purge_dead(bad)
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(InvalidTask):
+            await call()
+        assert time.monotonic() - started < 1, name
+    assert await snapshot(hub_core, "t1") == before
+    assert await hub_core.queue.dead_letter("t1") is not None
+
+
 async def test_oversized_result_is_refused_and_changes_nothing(hub_core: Core) -> None:
     await submit(hub_core, "t1")
     grant = await take_one(hub_core.pool, "n1", timeout_s=5)

@@ -28,6 +28,15 @@ def test_public_names() -> None:
         subjects.buffer_key("t1", "stderr")
 
 
+@pytest.mark.parametrize("bad", ["", "*", ">", "a.b", "a b", "t1.stdout", "x" * 65])
+def test_keys_refuse_ids_that_are_not_task_ids(bad: str) -> None:
+    """A wildcard id would make a direct get return some other task's record."""
+    with pytest.raises(InvalidTask):
+        subjects.record_key(bad)
+    with pytest.raises(InvalidTask):
+        subjects.buffer_key(bad, "stdout")
+
+
 @pytest.mark.parametrize(
     ("route", "subject"),
     [
