@@ -167,6 +167,7 @@ class Node:
             capabilities=self.capabilities,
             slots=self.slots,
             running=running,
+            kinds=sorted(self.handlers),
         )
         yield pb.NodeMessage(hello=hello)
         for message in list(self.unconfirmed.values()):
@@ -203,7 +204,14 @@ class Node:
             else:
                 self._send(pb.NodeMessage(claim=pb.Claim(task_id=offer.task_id)))
         elif kind == "grant":
-            self._start(message.grant)
+            if self._stopping:  # a direct grant that crossed our stop: give it straight back
+                grant = message.grant
+                ref = next(self._refs)
+                hand = pb.HandBack(task_id=grant.task_id, attempt=grant.attempt, reason="stopping")
+                self.unconfirmed[ref] = pb.NodeMessage(ref=ref, hand_back=hand)
+                self._send(self.unconfirmed[ref])
+            else:
+                self._start(message.grant)
         elif kind == "cancel":
             self._stop_task(message.cancel.task_id, message.cancel.reason)
         elif kind == "done":

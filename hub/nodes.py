@@ -34,11 +34,12 @@ log = logging.getLogger(__name__)
 class Notice:
     """Something the hub tells a node: an offer, or that it must stop a task (and why)."""
 
-    kind: str  # "offer" | "cancel" | "drain"
+    kind: str  # "offer" | "grant" | "cancel" | "drain"
     task_id: str = ""
     attempt: int = 0
     reason: str = ""
     delivery: Delivery | None = None
+    grant: Grant | None = None
 
 
 @dataclass(eq=False)
@@ -52,12 +53,15 @@ class NodeSession:
     held: dict[str, int] = field(default_factory=dict)  # task id -> attempt
     offered: dict[str, Delivery] = field(default_factory=dict)
     reported_free: int | None = None
+    kinds: frozenset[str] = frozenset()  # kinds granted at once, without an offer
+    claiming: int = 0  # direct claims in progress (each will take a slot)
 
     @property
     def free(self) -> int:
-        free = self.slots - len(self.held) - len(self.offered)
+        pending = len(self.offered) + self.claiming
+        free = self.slots - len(self.held) - pending
         if self.reported_free is not None:
-            free = min(free, self.reported_free - len(self.offered))
+            free = min(free, self.reported_free - pending)
         return max(free, 0)
 
 
@@ -123,6 +127,13 @@ class Nodes:
             if session is None:
                 await self.pool.unoffer(delivery)
                 continue
+            if delivery.kind in session.kinds:
+                # The node said it runs this kind: claim for it and grant at once, saving the
+                # Offer and Claim messages (and their round trip) per task.
+                session.claiming += 1
+                self.spawn(self._grant(session, delivery))
+                offered += 1
+                continue
             session.offered[delivery.task_id] = delivery
             session.send(Notice("offer", delivery.task_id, delivery=delivery))
             asyncio.get_running_loop().call_later(
@@ -132,6 +143,27 @@ class Nodes:
         if offered:
             self.kick.set()  # more may be waiting: go round again at once
         return offered
+
+    async def _grant(self, session: NodeSession, delivery: Delivery) -> None:
+        """Claim a delivery for a node that runs its kind and send the grant."""
+        try:
+            grant = await self.pool.claim(delivery, session.node, running=True)
+        except HubError as exc:
+            log.warning("direct claim failed task=%s: %s", delivery.task_id, exc)
+            await self.pool.unoffer(delivery)
+            grant = None
+        finally:
+            session.claiming -= 1
+        if grant is None:
+            self.kick.set()
+            return
+        attempt = grant.record.attempt
+        if self.sessions.get(session.node) is not session:
+            # The stream ended while claiming: the task is the node's, as after any detach.
+            self.spawn(self._after_grace(session.node, {delivery.task_id: attempt}, time.time()))
+            return
+        session.held[delivery.task_id] = attempt
+        session.send(Notice("grant", delivery.task_id, attempt, grant=grant))
 
     def _lapse(self, session: NodeSession, task_id: str) -> None:
         delivery = session.offered.pop(task_id, None)

@@ -45,6 +45,9 @@ def _notice_to_pb(notice: Notice) -> pb.HubMessage:
             payload_bytes=len(d.payload),
         )
         return pb.HubMessage(offer=offer)
+    if notice.kind == "grant":
+        assert notice.grant is not None
+        return pb.HubMessage(grant=_grant_to_pb(notice.grant))
     if notice.kind == "cancel":
         cancel = pb.Cancel(task_id=notice.task_id, attempt=notice.attempt, reason=notice.reason)
         return pb.HubMessage(cancel=cancel)
@@ -86,7 +89,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             if notice.kind == "drain":
                 outbox.put_nowait(None)
 
-        session = NodeSession(hello.node_id, caps, hello.slots, send)
+        session = NodeSession(hello.node_id, caps, hello.slots, send, kinds=frozenset(hello.kinds))
         kept, lost = await self.nodes.attach(
             session, [(r.task_id, r.attempt) for r in hello.running]
         )
@@ -165,17 +168,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         except HubError as exc:
             outcome = str(exc)
         if isinstance(outcome, Grant):
-            r = outcome.record
-            grant = pb.Grant(
-                task_id=r.id,
-                kind=r.kind,
-                payload=outcome.payload,
-                attempt=r.attempt,
-                lease_deadline=r.lease_deadline,
-                timeout_s=r.timeout_s,
-                priority=priority_to_pb(r.priority),
-            )
-            outbox.put_nowait(pb.HubMessage(grant=grant))
+            outbox.put_nowait(pb.HubMessage(grant=_grant_to_pb(outcome)))
         else:
             outbox.put_nowait(pb.HubMessage(deny=pb.Deny(task_id=task_id, reason=outcome)))
 
@@ -229,6 +222,19 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             outbox.put_nowait(pb.HubMessage(done=pb.Done(ref=message.ref, task_id=h.task_id)))
         finally:
             self.nodes.finished(session, h.task_id)
+
+
+def _grant_to_pb(grant: Grant) -> pb.Grant:
+    r = grant.record
+    return pb.Grant(
+        task_id=r.id,
+        kind=r.kind,
+        payload=grant.payload,
+        attempt=r.attempt,
+        lease_deadline=r.lease_deadline,
+        timeout_s=r.timeout_s,
+        priority=priority_to_pb(r.priority),
+    )
 
 
 def _refused(ref: int, task_id: str, exc: HubError) -> pb.HubMessage:

@@ -16,16 +16,18 @@ class TaskRef(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "capabilities", "slots", "running")
+    __slots__ = ("node_id", "capabilities", "slots", "running", "kinds")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     slots: int
     running: _containers.RepeatedCompositeFieldContainer[TaskRef]
-    def __init__(self, node_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Claim(_message.Message):
     __slots__ = ("task_id",)
