@@ -25,6 +25,8 @@ from _common import free_port, note, spawn, stop_pid, wait_for_log
 from hub.client import Client
 from hub.nats.server import EmbeddedNats
 
+HERE = Path(__file__).resolve().parent
+
 
 def hub_env(**values: str) -> dict[str, str]:
     """Our environment without stray HUB_* variables, plus `values` as HUB_<NAME>."""
@@ -95,7 +97,9 @@ class HubRig:
         argv = [sys.executable, "-m", "hub", "node", "--id", node_id, "--hub", ",".join(rot)]
         argv += ["--slots", str(slots or self.slots), *self.node_args]
         log = self.tmp / f"node-{node_id}.log"
-        pid = spawn(argv, log_path=log, env=hub_env())
+        env = hub_env()  # benchmarks/ on the path, for `--handlers _handlers`
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        pid = spawn(argv, log_path=log, env=env)
         self.node_pids.append(pid)
         return pid
 

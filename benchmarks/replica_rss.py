@@ -1,0 +1,107 @@
+"""Replica memory: N running tasks at once, each writing B bytes of stdout.
+
+Starts the hub (embedded NATS, one replica, nodes with the benchmark kinds), submits `--tasks`
+`bigout` tasks that each write `--bytes` of stdout and then keep running for `--hold`
+seconds, samples the replica's RSS (VmRSS from /proc) every 100 ms, and reports the peak and
+the baseline before the tasks. What the journal keeps per task is bounded (head + tail), so
+the peak should not grow with the bytes written.
+
+    python benchmarks/replica_rss.py --tasks 1000 --bytes 1000000 --sync 1s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SYNC_MODES, emit_json, median, nats_server_version, note, run_async
+from _hub import HubRig, hub_params, rss_kib
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", type=int, default=1000, help="tasks running at once")
+    p.add_argument("--bytes", type=int, default=1_000_000, help="stdout bytes per task")
+    p.add_argument("--chunk", type=int, default=16384, help="bytes per append")
+    p.add_argument("--hold", type=float, default=5.0, help="seconds each task keeps running")
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--sync", choices=SYNC_MODES, default="1s")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    return p.parse_args(argv)
+
+
+async def run_rep(args: argparse.Namespace) -> dict[str, float]:
+    slots = max(1, math.ceil(args.tasks / args.nodes))
+    node_args = ["--handlers", "_handlers"]
+    async with HubRig(nodes=args.nodes, slots=slots, sync=args.sync, node_args=node_args) as rig:
+        pid = rig.replica_pids[0]
+        client = rig.clients[0]
+        base = rss_kib(pid)
+        peak = base
+        spec = {"bytes": args.bytes, "chunk": args.chunk, "hold_s": args.hold}
+        payload = json.dumps(spec).encode()
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(64)
+
+        async def submit() -> str:
+            async with sem:
+                return (await client.submit("bigout", payload)).task.task_id
+
+        ids = await asyncio.gather(*(submit() for _ in range(args.tasks)))
+        waits = asyncio.gather(*(client.wait(t, args.hold + 600) for t in ids))
+        while not waits.done():
+            peak = max(peak, rss_kib(pid))
+            await asyncio.sleep(0.1)
+        done = waits.result()
+        elapsed = time.perf_counter() - t0
+        ok = sum(1 for w in done if w.done and w.task.status == 4)  # SUCCEEDED
+        return {
+            "peak_rss_mb": peak / 1024,
+            "baseline_rss_mb": base / 1024,
+            "succeeded": ok,
+            "elapsed_s": elapsed,
+            "mb_written_per_s": args.tasks * args.bytes / 1e6 / elapsed,
+        }
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
+    reps = []
+    for rep in range(args.reps):
+        reps.append(await run_rep(args))
+        note(f"rep {rep + 1}: {json.dumps({k: round(v, 2) for k, v in reps[-1].items()})}")
+    return reps
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    reps, loop_name = run_async(main_async(args), args.loop)
+    keys = list(reps[0])
+    emit_json(
+        {
+            "bench": "replica_rss",
+            "sync": args.sync,
+            "tasks": args.tasks,
+            "bytes": args.bytes,
+            "chunk": args.chunk,
+            "hold_s": args.hold,
+            "reps": args.reps,
+            "loop": loop_name,
+            **{k: round(median([r[k] for r in reps]), 2) for k in keys},
+            "raw": {k: [round(r[k], 2) for r in reps] for k in keys},
+            **hub_params(),
+            "nats_server": nats_server_version(),
+            "host": {"cpus": os.cpu_count()},
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
