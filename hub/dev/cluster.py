@@ -40,6 +40,7 @@ HOST = "127.0.0.1"
 #: A throwaway stream whose creation proves that the meta leader can place N replicas.
 PROBE_STREAM = "HUB_DEV_CLUSTER_PROBE"
 POLL_S = 0.1
+RESTART_TRIES = 8
 
 #: What a helper call raises while the cluster is electing or a server is down.
 _TRANSIENT = (nats.errors.Error, TimeoutError, OSError)
@@ -94,7 +95,7 @@ class ClusterServer:
         self.restarts = 0
 
     def __repr__(self) -> str:
-        state = f"pid={self.nats.process.pid}" if self.running else "down"
+        state = f"pid={self.pid}" if self.running else "down"
         return f"ClusterServer({self.name} {self.url} {state})"
 
     @property
@@ -137,7 +138,16 @@ class ClusterServer:
         log_path = self.nats.log_path
         if log_path.exists():
             log_path.replace(log_path.with_name(f"{log_path.name}.{self.restarts}"))
-        await self.nats.start()
+        # The ports were just released by the dead process; should one still be held (another
+        # process took it in between, or the kernel has not let go), try again briefly.
+        for attempt in range(RESTART_TRIES):
+            try:
+                await self.nats.start()
+                return
+            except ServerFailed:
+                if attempt == RESTART_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.25)
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace (EmbeddedNats.stop)."""
