@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -32,6 +33,8 @@ SYNC_MODES = ("always", "1s")
 
 T = TypeVar("T")
 
+_PR_SET_PDEATHSIG = 1
+_PRCTL: Any = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -46,6 +49,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the benchmark dies, so nothing is orphaned.
+
+    `prctl` is looked up at import, so the child (forked, maybe from a threaded process) only
+    makes one C call and never loads a library.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -55,7 +68,9 @@ def spawn(
 ) -> int:
     """Start a process and return its PID; stdout and stderr go to `log_path` or to our stderr.
 
-    Our own stdout is reserved for the result line, so a child never inherits it.
+    Our own stdout is reserved for the result line, so a child never inherits it. On Linux
+    the child also gets SIGTERM if the benchmark itself is killed (no orphaned servers); that
+    signal follows the *thread* that called spawn, so call it from a long-lived one.
     """
     out: Any = open(log_path, "ab") if log_path else sys.stderr  # noqa: SIM115 - the child owns it
     try:
@@ -66,6 +81,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            preexec_fn=_die_with_parent if _PRCTL is not None else None,
         )
     finally:
         if log_path:
@@ -103,7 +119,7 @@ def stop_pid(pid: int, grace_s: float = 5.0) -> None:
 
 
 def find_binary(name: str, hint: str) -> str:
-    """Path of `name` next to our interpreter (venv) or on PATH; a clear error with `hint` if absent."""
+    """Path of `name` beside our interpreter (venv) or on PATH; else exit with `hint`."""
     local = Path(sys.executable).parent / name
     if local.exists():
         return str(local)
@@ -213,16 +229,19 @@ class CpuMeter:
 
     The benchmark reports CPU per task by process kind (producer, workers, server) because a
     2-core machine saturates on CPU first: CPU per task, not wall time, says what each system
-    would cost on a bigger machine.
+    would cost on a bigger machine. Groups named in `with_children` also count their live
+    descendants (e.g. a Celery prefork pool under its main process).
     """
 
     groups: dict[str, list[int]]
-    with_children: bool = True
+    with_children: tuple[str, ...] = ()
     _start: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
 
     def _sample(self) -> dict[str, float]:
-        return {k: cpu_seconds(v, with_children=self.with_children) for k, v in self.groups.items()}
+        return {
+            k: cpu_seconds(v, with_children=k in self.with_children) for k, v in self.groups.items()
+        }
 
     def start(self) -> None:
         self._start = self._sample()
@@ -286,8 +305,7 @@ def summarize(bench: str, params: Mapping[str, Any], reps: Sequence[RepResult]) 
     for k in ("tasks_per_s", "p50_ms", "p99_ms"):
         out[k] = round(median(raw[k]), 3)
     out["cpu_us_per_task"] = {
-        k: round(median([v for v in raw["cpu_us_per_task"][k] if v is not None]), 1)
-        for k in kinds
+        k: round(median([v for v in raw["cpu_us_per_task"][k] if v is not None]), 1) for k in kinds
     }
     out["raw"] = raw
     out["host"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
@@ -364,14 +382,17 @@ def last_json_line(text: str) -> dict[str, Any]:
     return obj
 
 
-def run_async(main: Coroutine[Any, Any, T]) -> tuple[T, str]:
-    """Run `main` on uvloop when installed (less loop overhead for every benchmark alike).
+def run_async(main: Coroutine[Any, Any, T], loop: str = "uvloop") -> tuple[T, str]:
+    """Run `main` on uvloop when asked and installed (less loop overhead), else on asyncio.
 
     Returns the coroutine's result and the loop's name, which the result line records.
     """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main), "asyncio"
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main), "uvloop"
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main), "uvloop"
+    return asyncio.run(main), "asyncio"

@@ -1,0 +1,80 @@
+"""Smoke test of the peer benchmarks: each runs end to end on tiny numbers and ends in JSON.
+
+The benchmarks are run rarely and by hand, so they rot silently; this keeps their contract
+(a last stdout line that parses as JSON with `tasks_per_s`) true on every CI run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TINY = ["--tasks", "50", "--inflight", "4", "--reps", "1", "--warmup", "10", "--sync", "1s"]
+
+
+def run_bench(argv: list[str], timeout_s: float = 100.0) -> dict[str, Any]:
+    """Run a benchmark script under this interpreter; return its last stdout line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        cwd=BENCH,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert lines, f"no stdout; stderr: {proc.stderr[-4000:]}"
+    result = json.loads(lines[-1])
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.parametrize("style", ["raw", "api"])
+def test_raw_nats_ends_with_a_json_result(style: str) -> None:
+    batch = ["--batch", "4"]  # api style: a fetch batch above the in-flight count waits out 0.5 s
+    result = run_bench(["raw_nats.py", *TINY, "--style", style, *batch])
+    assert result["bench"] == "raw_nats"
+    assert result["sync"] == "1s"
+    assert result["style"] == style
+    assert result["tasks_per_s"] > 0
+    assert result["p50_ms"] > 0
+    assert result["p99_ms"] >= result["p50_ms"]
+    assert set(result["cpu_us_per_task"]) == {"producer", "workers", "nats_server"}
+    assert len(result["raw"]["tasks_per_s"]) == 1
+
+
+def test_sidebyside_reports_ratios_against_the_first_spec() -> None:
+    spec = "raw_nats.py " + " ".join(TINY)
+    result = run_bench(["sidebyside.py", "--rounds", "1", "--", spec, spec + " --workers 1"], 200)
+    assert result["bench"] == "sidebyside"
+    first, second = result["specs"]
+    assert first["ratio_per_round"] == [1.0]
+    assert first["tasks_per_s"][0] > 0
+    assert second["tasks_per_s"][0] > 0
+    assert second["median_ratio"] > 0
+    assert result["median_ratios"][spec] == 1.0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("celery") is None or importlib.util.find_spec("redis") is None,
+    reason="celery/redis not installed: pip install -e '.[bench]'",
+)
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server not installed: apt-get install -y redis-server",
+)
+def test_celery_redis_ends_with_a_json_result() -> None:
+    result = run_bench(["celery_redis.py", *TINY])
+    assert result["bench"] == "celery_redis"
+    assert result["sync"] == "1s"
+    assert result["tasks_per_s"] > 0
+    assert set(result["cpu_us_per_task"]) == {"producer", "workers", "redis_server"}
