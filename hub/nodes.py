@@ -73,6 +73,7 @@ class Nodes:
         self.sessions: dict[str, NodeSession] = {}
         self.kick = asyncio.Event()
         self.draining = False
+        self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence_at: dict[str, float] = {}
 
@@ -93,6 +94,9 @@ class Nodes:
         self.spawn(self._dispatch_loop())
 
     async def close(self) -> None:
+        # The flag, not only the cancel, ends the dispatch loop: on Python 3.11 a cancel that
+        # lands as a NATS reply arrives can be swallowed (asyncio.wait_for inside nats-py).
+        self.closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -100,7 +104,7 @@ class Nodes:
     async def _dispatch_loop(self) -> None:
         """Offer work whenever a task is stored (doorbell), a slot frees (kick), or every
         half second (redeliveries ring no bell)."""
-        while True:
+        while not self.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await _first(self.pool.bell.wait(), self.kick.wait())
@@ -217,7 +221,7 @@ class Nodes:
         for delivery in session.offered.values():
             self.spawn(self.pool.unoffer(delivery))
         session.offered.clear()
-        if session.held:
+        if session.held and not self.draining:  # a drain settles its sessions' tasks itself
             self.spawn(self._after_grace(session.node, dict(session.held), time.time()))
         log.info("node detached node=%s held=%d", session.node, len(session.held))
 
@@ -265,6 +269,9 @@ class Nodes:
         self, session: NodeSession, running: list[tuple[str, int]]
     ) -> list[tuple[str, int, str]]:
         """Extend each lease; return (task, attempt, reason) for those the node must stop."""
+        if self.draining:
+            # The node is moving: a lease extended here would pass for a re-attach elsewhere.
+            return []
         stop = []
         for task_id, attempt in running:
             try:
@@ -301,28 +308,43 @@ class Nodes:
             )
 
     async def drain(self, timeout_s: float) -> None:
-        """Graceful stop: offers go back, nodes are told to move; tasks whose node did not
-        re-attach elsewhere in time are handed back at once (their try does not count)."""
+        """Graceful stop: offers go back and nodes are told to move. A moving node re-attaches
+        its running tasks to another replica (which extends their leases); a task not
+        re-attached within ``timeout_s`` is handed back (its try does not count), so no task
+        waits out its lease and none is charged a try for the drain."""
         self.draining = True
         since = time.time()
-        held: list[tuple[str, int, str]] = []
-        for session in list(self.sessions.values()):
+        sessions = list(self.sessions.values())
+        for session in sessions:
             for delivery in session.offered.values():
                 await self.pool.unoffer(delivery)
             session.offered.clear()
-            held += [(t, a, session.node) for t, a in session.held.items()]
             session.send(Notice("drain", reason="replica shutting down; reconnect to another"))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while self.sessions:  # noqa: ASYNC110 (bounded; sessions end on their own)
-                    await asyncio.sleep(0.05)
-        for task_id, attempt, node in held:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # held tasks of every session, as they are now (a result arriving meanwhile pops it)
+            held = [(t, a, s.node) for s in sessions for t, a in list(s.held.items())]
+            ours = await asyncio.gather(*(self._unmoved(t, a, since) for t, a, _ in held))
+            left = [h for h, mine in zip(held, ours, strict=True) if mine]
+            if not left or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        for task_id, attempt, node in left:
             with contextlib.suppress(HubError):
-                record = await self.pool.journal.get(task_id)
-                if record.attempt == attempt and record.active and record.updated_at <= since:
-                    await self.pool.release(
-                        task_id, attempt, reason="replica drained", counts=False, node=node
-                    )
+                await self.pool.release(
+                    task_id, attempt, reason="replica drained", counts=False, node=node
+                )
+
+    async def _unmoved(self, task_id: str, attempt: int, since: float) -> bool:
+        """Whether a task held through this replica is still on that attempt and was not
+        re-attached (to another replica: its lease extended) since ``since``."""
+        try:
+            record = await self.pool.journal.get(task_id)
+        except (TaskNotFound, TaskExpired):
+            return False
+        except HubError:
+            return True  # cannot tell now: ask again, hand it back at the deadline
+        return record.attempt == attempt and record.active and record.updated_at <= since
 
 
 async def _first(*aws: Awaitable[object]) -> None:
