@@ -67,10 +67,19 @@ class ProcRig:
         await self.reachable(addr)
         return proc, addr
 
-    def node(self, node_id: str, addrs: Sequence[str], *, slots: int = 4, **env: str) -> HubProcess:
-        """A node process (not started: ``await node.start()``) running the chaos handlers."""
+    def node(
+        self,
+        node_id: str,
+        addrs: Sequence[str],
+        *,
+        slots: int = 4,
+        handlers: Sequence[str] = (),
+        **env: str,
+    ) -> HubProcess:
+        """A node process (not started: ``await node.start()``) running the chaos handlers and
+        any other ``handlers`` modules (importable by the child: see ``PYTHONPATH`` in env)."""
         proc = node_process(
-            node_id, addrs, self.env | env, self.logs, slots=slots, handlers=[HANDLERS]
+            node_id, addrs, self.env | env, self.logs, slots=slots, handlers=[HANDLERS, *handlers]
         )
         self.nodes.append(proc)
         return proc
