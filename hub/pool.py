@@ -9,7 +9,6 @@ node whose lease expired would otherwise act on the new holder's delivery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -37,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
 ROUTE_REFRESH_S = 5.0
+#: Every priority is pulled at least this often, rung or not: redeliveries (lease expiry, a
+#: delayed nak) and another replica's hand-backs ring no doorbell.
+RESCAN_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +90,31 @@ class Pool:
         self._cap_routes: dict[Priority, set[frozenset[str]]] = {p: set() for p in Priority}
         self._routes_at = 0.0
         self._bell_sub: object | None = None
+        # Priorities that may hold work this replica has not pulled: rung by the doorbell or a
+        # hand-back, cleared when every route of the priority came back short of its batch.
+        # The ring count guards against a bell that rings while the pull is in flight.
+        self._dirty: set[Priority] = set(Priority)
+        self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._scanned_at = 0.0
 
     async def start(self) -> None:
         """Listen to the doorbell: each stored task rings it (headers only) with its subject."""
         self._bell_sub = await self.nc.subscribe(subjects.bell_subject(), cb=self._ring)
 
     async def _ring(self, msg: Msg) -> None:
-        with contextlib.suppress(HubError):
+        try:
             priority, route, _ = subjects.parse_task_subject(msg.subject)
+        except HubError:
+            self._scanned_at = 0.0  # unknown subject: pull everything next round
+        else:
             if route.capabilities:
                 self._cap_routes[priority].add(route.capabilities)
+            self._mark(priority)
         self.bell.set()
+
+    def _mark(self, priority: Priority) -> None:
+        self._dirty.add(priority)
+        self._rings[priority] += 1
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -154,10 +170,19 @@ class Pool:
         """
         free = {t.node: t.free for t in takers if t.free > 0}
         out: list[tuple[str, Delivery]] = []
+        now = time.monotonic()
+        if now - self._scanned_at >= RESCAN_S:
+            self._scanned_at = now
+            self._dirty.update(Priority)
         for priority in self.scheduler.order():
             if not any(free.values()):
                 break
-            got = 0
+            if priority not in self._dirty:
+                # Nothing stored since its routes last came back short: an empty pull per
+                # route would cost a round trip each (4 priorities x routes per round).
+                self.scheduler.empty(priority)
+                continue
+            rings, drained, got = self._rings[priority], True, 0
             for route in await self._routes(priority, takers):
                 eligible = [
                     t
@@ -165,14 +190,19 @@ class Pool:
                     if free.get(t.node, 0) > 0 and route.can_run_on(t.node, t.capabilities)
                 ]
                 if not eligible:
+                    drained = False  # not looked at: it may hold work for a taker to come
                     continue
                 name = await self.topology.ensure_consumer(priority, route)
                 batch = sum(free[t.node] for t in eligible)
-                for delivery in await self.queue.pull(name, batch):
+                pulled = await self.queue.pull(name, batch)
+                drained = drained and len(pulled) < batch
+                for delivery in pulled:
                     taker = max(eligible, key=lambda t: free[t.node])
                     free[taker.node] -= 1
                     out.append((taker.node, delivery))
                     got += 1
+            if drained and self._rings[priority] == rings:
+                self._dirty.discard(priority)
             if got:
                 self.scheduler.served(priority, got)
             else:
@@ -238,6 +268,7 @@ class Pool:
     async def unoffer(self, delivery: Delivery) -> None:
         """An offer nobody claimed goes straight back to the queue."""
         await self.queue.nak(delivery.ack_subject)
+        self._mark(delivery.priority)
 
     # -- run --------------------------------------------------------------------------------
 
@@ -300,6 +331,7 @@ class Pool:
         """Act on the message after a failure or hand-back was recorded."""
         if record.status is Status.QUEUED:
             await self.queue.nak(record.ack_subject, delay_s)
+            self._mark(record.priority)  # a delayed one is found by the periodic rescan
         elif record.status is Status.DEAD:
             await self._bury(record.id, record.ack_subject, None)
         else:
