@@ -151,3 +151,20 @@ async def all_terminal(
     await until(probe, timeout_s=timeout_s, interval_s=0.2)
     tasks = await asyncio.gather(*(client.get(t, include_output=True) for t in task_ids))
     return {t.task_id: t for t in tasks}
+
+
+RETRY_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL"})
+
+
+async def retrying(
+    call: Callable[[], Awaitable[Any]], *, timeout_s: float = 60.0, interval_s: float = 0.2
+) -> Any:
+    """Repeat an idempotent API call through an outage (transient codes only), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except ClientError as exc:
+            if exc.code not in RETRY_CODES or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(interval_s)

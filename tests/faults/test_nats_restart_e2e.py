@@ -1,0 +1,108 @@
+"""SIGKILL and restart of the (single) nats-server mid-run, end to end (issue 6, "Done when").
+
+The library-level variant is test_nats_restart.py; here everything is a real process: one
+nats-server (``sync: always``), two replica processes and three node processes. Tasks are
+submitted over gRPC through both replicas while the test SIGKILLs the server (by the PID it
+started) and brings it back on the same store and port. Submits that meet the outage are
+repeated with the same task id (idempotent). Every task must end succeeded with exactly one
+successful attempt and its whole output, and no work queue may still hold a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+import pytest
+from procrig import ProcRig, all_terminal, retrying, statuses
+
+from hub.buffers import HeadTail
+from hub.config import Settings
+from hub.dev.chaos_tasks import expected_output
+from hub.model import Priority
+from hub.nats import subjects
+from hub.nats.server import EmbeddedNats
+from hub.v1 import common_pb2
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+TASKS = 120
+KILL_AFTER = 40  # submitted tasks before the kill: work queued, running and finished
+
+
+async def test_nats_restart_mid_run_loses_nothing_end_to_end(
+    tmp_path: Path,
+    nats_server: EmbeddedNats,
+    restart_nats: Callable[[EmbeddedNats], Awaitable[EmbeddedNats]],
+) -> None:
+    rng = random.Random(6)
+    specs = {
+        f"e2e-{i:03d}": (rng.choice(list(Priority)), rng.choice([0.0, 0.1, 0.5, 1.5]), lines)
+        for i, lines in enumerate(rng.choice([0, 3, 40, 600]) for _ in range(TASKS))
+    }
+    rig = ProcRig(tmp_path, nats_server.url, HUB_ACK_WAIT_S="10", HUB_MAX_ATTEMPTS="10")
+    try:
+        replicas = [await rig.replica(f"replica-{i}") for i in (1, 2)]
+        addrs = [addr for _, addr in replicas]
+        for i in range(3):
+            await rig.node(f"node-{i}", addrs[i % 2 :] + addrs[: i % 2], slots=4).start()
+        clients = [rig.client(addr) for addr in addrs]
+
+        killed = asyncio.Event()
+
+        async def submit_all() -> None:
+            for n, (task_id, (priority, seconds, lines)) in enumerate(specs.items()):
+                if n == KILL_AFTER:
+                    killed.set()
+                payload = json.dumps({"seconds": seconds, "lines": lines}).encode()
+                client = clients[n % 2]
+                await retrying(
+                    lambda c=client, t=task_id, p=payload, pr=priority: c.submit(
+                        "chaos", p, priority=pr, task_id=t
+                    )
+                )
+                await asyncio.sleep(0.02)
+
+        async def kill_and_restart() -> float:
+            await killed.wait()
+            # mid-run: some tasks finished, some queued or running on a node
+            before = await statuses(clients[0], list(specs)[:KILL_AFTER])
+            assert common_pb2.SUCCEEDED in before.values(), before
+            assert {common_pb2.QUEUED, common_pb2.RUNNING} & set(before.values()), before
+            began = time.monotonic()
+            await restart_nats(nats_server)
+            return time.monotonic() - began
+
+        _, outage = await asyncio.gather(submit_all(), kill_and_restart())
+        assert outage < 20
+
+        tasks = await retrying(lambda: all_terminal(clients[0], list(specs), timeout_s=60))
+        s = Settings()
+        runs = rig.executions()
+        for task_id, (_, _, lines) in specs.items():
+            task = tasks[task_id]
+            assert task.status == common_pb2.SUCCEEDED, task
+            assert [h.outcome for h in task.history].count("succeeded") == 1, task
+            # at least once; a second run only for an attempt that lost its lease
+            assert 1 <= runs[task_id] <= task.attempt, (runs[task_id], task)
+            want = HeadTail().append(
+                expected_output(task_id, lines), s.journal_head_bytes, s.journal_tail_bytes
+            )
+            got = task.stdout
+            assert (got.head, got.tail, got.total_bytes) == (want.head, want.tail, want.total)
+
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            for priority in Priority:
+                info = await js.stream_info(subjects.stream_name(priority))
+                assert info.state.messages == 0, (priority, info.state)
+        finally:
+            await nc.close()
+    finally:
+        await rig.close()
