@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SYNC_MODES, CpuMeter, emit_json, median, nats_server_version, note, run_async
 from _hub import HubRig, hub_params
 
+from hub.client import ClientError
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -54,8 +56,14 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
         measure = min(args.measure, backlog)
 
         async def left() -> int:
-            c = await client.pool()
-            return sum(c.queued.values()) + c.in_flight
+            for _ in range(50):
+                try:
+                    c = await client.pool()
+                except ClientError:  # Pool races a message acked between its two reads
+                    await asyncio.sleep(0.01)
+                    continue
+                return sum(c.queued.values()) + c.in_flight
+            raise RuntimeError("Pool kept failing")
 
         meter = CpuMeter({"replicas": rig.replica_pids})
         meter.start()

@@ -78,3 +78,37 @@ def test_celery_redis_ends_with_a_json_result() -> None:
     assert result["sync"] == "1s"
     assert result["tasks_per_s"] > 0
     assert set(result["cpu_us_per_task"]) == {"producer", "workers", "redis_server"}
+
+
+# --- the hub's own benchmarks (tiny numbers; each starts NATS, a replica and node processes) ---
+
+
+def test_e2e_ends_with_a_json_result() -> None:
+    result = run_bench(["e2e.py", *TINY])
+    assert result["bench"] == "e2e"
+    assert result["sync"] == "1s"
+    assert result["tasks_per_s"] > 0
+    assert result["p99_ms"] >= result["p50_ms"] > 0
+    assert set(result["cpu_us_per_task"]) == {"agent", "replicas", "nodes", "nats_server"}
+
+
+def test_journal_appends_keeps_head_and_tail_exact() -> None:
+    result = run_bench(["journal_appends.py", "--tasks", "4", "--seconds", "0.2", "--reps", "1"])
+    assert result["bench"] == "journal_appends"
+    assert result["appends_per_s"] > 0
+    assert result["head_tail_exact"] == 1.0
+
+
+def test_replica_rss_ends_with_a_json_result() -> None:
+    argv = ["replica_rss.py", "--tasks", "8", "--bytes", "100000", "--hold", "0.2", "--nodes", "2"]
+    result = run_bench(argv)
+    assert result["bench"] == "replica_rss"
+    assert result["succeeded"] == 8
+    assert result["peak_rss_mb"] > 0
+
+
+def test_backlog_ends_with_a_json_result() -> None:
+    result = run_bench(["backlog.py", "--small", "20", "--large", "60", "--measure", "20"])
+    assert result["bench"] == "backlog"
+    assert result["small_tasks_per_s"] > 0
+    assert result["large_tasks_per_s"] > 0
