@@ -497,3 +497,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"hub: {exc}", file=sys.stderr)
         code = EXIT_ERROR
     raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
