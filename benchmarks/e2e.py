@@ -52,11 +52,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="agent loop")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
     p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
+    p.add_argument(
+        "--api",
+        choices=("submit-wait", "submit+wait"),
+        default="submit-wait",
+        help="one Submit call with wait_s, or Submit then Wait (two calls)",
+    )
     return p.parse_args(argv)
 
 
 async def drive(
-    clients: list[Client], n: int, inflight: int, payload: bytes, bar: Progress | None = None
+    clients: list[Client],
+    n: int,
+    inflight: int,
+    payload: bytes,
+    bar: Progress | None = None,
+    api: str = "submit-wait",
 ) -> list[float]:
     """Run n echo tasks with `inflight` submit+wait loops; return the latencies in seconds."""
     latencies: list[float] = []
@@ -67,10 +78,13 @@ async def drive(
         client = next(picks)
         while next(counter) < n:
             t0 = time.perf_counter()
-            sub = await client.submit("echo", payload)
-            done = await client.wait(sub.task.task_id, 60.0)
+            if api == "submit-wait":
+                done = await client.submit("echo", payload, wait_s=60.0)
+            else:
+                sub = await client.submit("echo", payload)
+                done = await client.wait(sub.task.task_id, 60.0)
             if not done.done or done.task.result != payload:
-                raise RuntimeError(f"task {sub.task.task_id} not done right: {done.task}")
+                raise RuntimeError(f"task {done.task.task_id} not done right: {done.task}")
             latencies.append(time.perf_counter() - t0)
             if bar is not None:
                 bar.advance()
@@ -85,14 +99,14 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     async with HubRig(replicas=args.replicas, nodes=args.nodes, slots=slots, sync=args.sync) as rig:
         if args.warmup:
             await asyncio.wait_for(
-                drive(rig.clients, args.warmup, args.inflight, payload), args.timeout
+                drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout
             )
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         meter.start()
         t0 = time.perf_counter()
         with progress(args.tasks, f"e2e rep {rep + 1}/{args.reps}") as bar:
             lat = await asyncio.wait_for(
-                drive(rig.clients, args.tasks, args.inflight, payload, bar), args.timeout
+                drive(rig.clients, args.tasks, args.inflight, payload, bar, args.api), args.timeout
             )
         elapsed = time.perf_counter() - t0
         cpu = meter.stop()

@@ -57,7 +57,10 @@ class Client:
         task_id: str = "",
         max_attempts: int = 0,
         timeout_s: float = 0.0,
+        wait_s: float = 0.0,
     ) -> tasks_pb2.SubmitResponse:
+        """Submit a task; with ``wait_s`` the answer comes once it is terminal (``done``) or
+        after ``wait_s``, in one call."""
         request = tasks_pb2.SubmitRequest(
             task_id=task_id,
             kind=kind,
@@ -66,8 +69,10 @@ class Client:
             route=common_pb2.Route(node_id=node, capabilities=sorted(require)),
             max_attempts=max_attempts,
             timeout_s=timeout_s,
+            wait_s=wait_s,
         )
-        return await self._call("Submit", request)  # type: ignore[return-value]
+        deadline = self.timeout_s + wait_s if wait_s else None
+        return await self._call("Submit", request, deadline)  # type: ignore[return-value]
 
     async def get(self, task_id: str, *, include_output: bool = False) -> common_pb2.Task:
         request = tasks_pb2.GetRequest(task_id=task_id, include_output=include_output)

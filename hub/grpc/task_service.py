@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import nats.js.errors
 
 from hub.errors import TaskExpired
@@ -18,6 +19,12 @@ from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 __all__ = ("TaskService",)
 
 DEFAULT_WAIT_S = 60.0
+
+
+def _bounded(wait_s: float, context: grpc.aio.ServicerContext) -> float:
+    """A wait never outlasts the caller's own deadline (it would answer nobody)."""
+    remaining = context.time_remaining()
+    return wait_s if remaining is None else min(wait_s, max(remaining - 0.05, 0.0))
 
 
 class TaskService(tasks_pb2_grpc.TaskServiceServicer):
@@ -38,7 +45,15 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
     @grpc_errors
     async def Submit(self, request, context):
         record, created = await self.pool.submit(spec_from_pb(request))
-        return tasks_pb2.SubmitResponse(task=record_to_pb(record), created=created)
+        if request.wait_s > 0 and not record.terminal:
+            try:
+                record = await self.journal.wait(record.id, _bounded(request.wait_s, context))
+            except TaskExpired:
+                task = expired_task(record.id)
+                return tasks_pb2.SubmitResponse(task=task, created=created, done=True)
+        return tasks_pb2.SubmitResponse(
+            task=record_to_pb(record), created=created, done=record.terminal
+        )
 
     @grpc_errors
     async def Get(self, request, context):
@@ -46,12 +61,10 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
 
     @grpc_errors
     async def Wait(self, request, context):
-        timeout = request.timeout_s or DEFAULT_WAIT_S
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, max(remaining - 0.05, 0.0))
         try:
-            record = await self.journal.wait(request.task_id, timeout)
+            record = await self.journal.wait(
+                request.task_id, _bounded(request.timeout_s or DEFAULT_WAIT_S, context)
+            )
         except TaskExpired:
             return tasks_pb2.WaitResponse(task=expired_task(request.task_id), done=True)
         task = await self._task(record.id, True) if request.include_output else record_to_pb(record)

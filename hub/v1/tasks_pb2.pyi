@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("task_id", "kind", "payload", "priority", "route", "max_attempts", "timeout_s")
+    __slots__ = ("task_id", "kind", "payload", "priority", "route", "max_attempts", "timeout_s", "wait_s")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class SubmitRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: str
     payload: bytes
@@ -23,15 +24,18 @@ class SubmitRequest(_message.Message):
     route: _common_pb2.Route
     max_attempts: int
     timeout_s: float
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., route: _Optional[_Union[_common_pb2.Route, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., route: _Optional[_Union[_common_pb2.Route, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout_s: _Optional[float] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("task", "created")
+    __slots__ = ("task", "created", "done")
     TASK_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     task: _common_pb2.Task
     created: bool
-    def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    done: bool
+    def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., created: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("task_id", "include_output")
