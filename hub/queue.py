@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -103,15 +104,39 @@ class _Puller:
             request = json.dumps({"batch": batch, "no_wait": True}).encode()
             await self.nc.publish(self.api, request, reply=self.inbox)
             out: list[Msg] = []
-            while len(out) < batch:
-                try:
-                    msg = await self.sub.next_msg(timeout=timeout_s)
-                except nats.errors.TimeoutError:
-                    break
-                if msg.headers and msg.headers.get("Status"):
-                    break
-                out.append(msg)
+            try:
+                while len(out) < batch:
+                    try:
+                        msg = await self.sub.next_msg(timeout=timeout_s)
+                    except nats.errors.TimeoutError:
+                        self._abandon_inbox()
+                        break
+                    if msg.headers and msg.headers.get("Status"):
+                        break
+                    out.append(msg)
+            except BaseException:  # cancelled mid-pull (a replica stopping)
+                self._abandon_inbox()
+                raise
             return out
+
+    def _abandon_inbox(self) -> None:
+        """After a pull cut short, its answer may still come: pull through a new inbox from now
+        on, so a late reply is not read by the next pull, nor left unread in this one (a
+        connection drain waits for every subscription's queue to empty: 30 s at shutdown)."""
+        sub, self.sub = self.sub, None
+        self.inbox = self.nc.new_inbox()
+        if sub is not None:
+            task = asyncio.ensure_future(_unsubscribe(sub))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
 
 
 class Queue:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js import api
 
 from hub.config import Settings
 from hub.errors import HubError
@@ -45,6 +49,7 @@ class Replica:
         self.grpc: GrpcServer
         self.port = 0
         self._housekeeping: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> int:
         """Connect and serve; returns the bound gRPC port."""
@@ -70,28 +75,103 @@ class Replica:
         self.nodes.kick.set()
 
     async def _housekeep(self) -> None:
-        """Jobs that must run somewhere: at most one replica runs each at a time, holding a
-        short-lived lock key (created only if absent, expiring on its own)."""
+        """Jobs that must run somewhere: expire unclaimed tasks past their TTL, clean the
+        presence of nodes no longer heard of. Every replica tries each job once per interval;
+        at most one runs it at a time, holding the job's lock key (see ``_exclusively``)."""
         interval = self.settings.housekeeping_interval_s
+        jobs: dict[str, Callable[[], Awaitable[int]]] = {
+            "sweep": lambda: self.pool.sweep_expired(),
+            "presence": self._clean_presence,
+        }
         while True:
             await asyncio.sleep(interval)
-            try:
-                if await self._lock("sweep", interval):
-                    await self.pool.sweep_expired()
-            except HubError as exc:
-                log.warning("housekeeping failed: %s", exc)
+            for job, run in jobs.items():
+                try:
+                    await self._exclusively(job, run, interval)
+                except Exception as exc:  # a background loop: log, carry on next interval
+                    log.warning("housekeeping %s failed: %s", job, exc)
 
-    async def _lock(self, job: str, ttl_s: float) -> bool:
+    async def _exclusively(
+        self, job: str, run: Callable[[], Awaitable[int]], interval_s: float
+    ) -> bool:
+        """Run ``job`` if no other replica holds its lock key; False if one does.
+
+        The key is created only if absent, with a per-message TTL (so a replica that dies
+        holding it blocks no one for long), and renewed by compare-and-set while the job runs,
+        so a job longer than the TTL is not joined by a second replica. A renewal that fails
+        (the key expired and another replica took it) stops the job; each job's steps are
+        idempotent compare-and-set writes, so one cut short is finished by the next run.
+        """
+        ttl = max(1, math.ceil(interval_s))
+        revision = await self._lock(job, ttl)
+        if revision is None:
+            return False
+        work = asyncio.ensure_future(run())
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=ttl / 3)
+                if done:
+                    count = work.result()
+                    if count:
+                        log.info("housekeeping %s: %d", job, count)
+                    return True
+                revision = await self._renew(job, revision, ttl)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+
+    async def _lock(self, job: str, ttl_s: int) -> int | None:
+        """Create the job's lock key if absent; its revision, or None if another holds it."""
         with nats_errors("housekeeping lock"):
             try:
-                await self.pool.topology.nodes.create(
-                    subjects.lock_key(job), self.id.encode(), msg_ttl=max(1, math.ceil(ttl_s))
+                return await self.pool.topology.nodes.create(
+                    subjects.lock_key(job), self.id.encode(), msg_ttl=ttl_s
                 )
-            except nats.js.errors.KeyWrongLastSequenceError:
-                return False
-        return True
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                return None  # held (or expired just now: try next interval)
+
+    async def _renew(self, job: str, revision: int, ttl_s: int) -> int:
+        """Extend a held lock (compare-and-set on its revision); raises if it was lost."""
+        # KeyValue.update takes no TTL: publish to the key's subject as it would
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
+        with nats_errors("housekeeping lock renewal"):
+            ack = await self.pool.topology.js.publish(
+                f"$KV.{subjects.NODES_BUCKET}.{subjects.lock_key(job)}",
+                self.id.encode(),
+                headers=headers,
+                msg_ttl=ttl_s,
+            )
+        return ack.seq
+
+    async def _clean_presence(self) -> int:
+        """Delete the presence of nodes not heard of for three heartbeats (killed, or cut off
+        from every replica); the bucket's max age alone would keep them listed far longer.
+        A delete is a compare-and-set on the revision read, so a fresh heartbeat wins."""
+        kv = self.pool.topology.nodes
+        stale_s = 3 * self.settings.heartbeat_s
+        removed = 0
+        with nats_errors("clean node presence"):
+            try:
+                keys = [k for k in await kv.keys() if k.startswith("node.")]
+            except nats.js.errors.NoKeysError:
+                return 0
+            for key in keys:
+                try:
+                    entry = await kv.get(key)
+                    seen_at = float(json.loads(entry.value or b"{}").get("seen_at", 0))
+                except (nats.js.errors.KeyNotFoundError, ValueError, AttributeError):
+                    continue
+                if time.time() - seen_at <= stale_s:
+                    continue
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    await kv.delete(key, last=entry.revision)
+                    removed += 1
+        return removed
 
     async def stop(self, *, drain: bool = True) -> None:
+        self._stopping = True
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
