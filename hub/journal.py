@@ -221,8 +221,17 @@ class Journal:
         ``change`` may raise a HubError (stale attempt, already finished): nothing is written.
         """
         for attempt in range(CAS_RETRIES):
+            cached = attempt == 0 and task_id in self._cache
             record, revision = await self.read(task_id, fresh=attempt > 0)
-            new = change(record)
+            try:
+                new = change(record)
+            except Exception:
+                if cached:
+                    # Decided on this replica's copy, which another replica's writes may have
+                    # overtaken (it shows an older attempt): decide again on the journal's.
+                    self._cache.pop(task_id, None)
+                    continue
+                raise
             if new is record:
                 return record
             ttl = self.settings.result_ttl_s if new.terminal else None
@@ -252,7 +261,9 @@ class Journal:
         if len(data) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(name, len(data), self.settings.max_payload_bytes)
         cached = self._cache.get(task_id)
-        if cached is not None:
+        if cached is not None and cached[0].attempt >= attempt:
+            # This replica's copy may be older than the journal (another replica claimed or
+            # re-attached the task): only a copy at or past ``attempt`` can refuse it at once.
             fence(cached[0], attempt)
         key = (task_id, name)
         pending = self._pending.get(key)
