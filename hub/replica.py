@@ -83,7 +83,7 @@ class Replica:
             "sweep": lambda: self.pool.sweep_expired(),
             "presence": self._clean_presence,
         }
-        while True:
+        while not self._stopping:  # the flag too: a cancel can be swallowed (see Nodes.close)
             await asyncio.sleep(interval)
             for job, run in jobs.items():
                 try:
