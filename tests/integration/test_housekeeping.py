@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nats.js.errors
 import pytest
-from grpchub import e2e_settings
+from hubtest import make_settings
 
 from hub.client import Client
 from hub.dev.procs import node_process
@@ -29,6 +29,11 @@ from hub.nats.server import EmbeddedNats
 from hub.replica import Replica
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def e2e_settings(**overrides: object):
+    return make_settings(grpc_addr="127.0.0.1:0", **overrides)
+
 
 INTERVAL_S = 0.3
 SLOW_SWEEP_S = 2.5  # longer than the lock's TTL (1 s, the least a message TTL can be)
