@@ -302,6 +302,14 @@ class Journal:
                 task.cancel()
             await self._flush_key(key)
 
+    async def flush_all(self) -> None:
+        """Write every task's pending output now: a replica stopping keeps what it accepted."""
+        for task_id in {task_id for task_id, _ in list(self._pending)}:
+            try:
+                await self.flush(task_id)
+            except Exception as exc:
+                log.warning("buffer flush at stop failed task=%s: %s", task_id, exc)
+
     async def _flush_key(self, key: tuple[str, str]) -> None:
         lock, users = self._flushing.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1

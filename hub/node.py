@@ -31,6 +31,9 @@ __all__ = ("Fail", "Handler", "Node", "TaskContext")
 
 log = logging.getLogger(__name__)
 
+#: How long a node leaving a draining replica waits for it to close the stream.
+PART_TIMEOUT_S = 5.0
+
 
 class Fail(Exception):
     """Raise from a handler to fail the task; ``retry=False`` means re-running cannot help."""
@@ -103,7 +106,8 @@ class Node:
         self.connected = asyncio.Event()
         self.completed = 0
         self._refs = itertools.count(1)
-        self._outbox: asyncio.Queue[pb.NodeMessage] = asyncio.Queue()
+        # NodeMessages, and the object that ends one session's requests (see _session).
+        self._outbox: asyncio.Queue[pb.NodeMessage | object] = asyncio.Queue()
         self._stopping = False
         self.replica_id = ""
 
@@ -142,7 +146,8 @@ class Node:
     async def _session(self, addr: str) -> None:
         async with grpc.aio.insecure_channel(addr, options=channel_options()) as channel:
             stub = nodes_pb2_grpc.NodeServiceStub(channel)
-            call = stub.Connect(self._requests(), metadata=self.metadata)
+            end = object()
+            call = stub.Connect(self._requests(end), metadata=self.metadata)
             heartbeat: asyncio.Task[None] | None = None
             try:
                 async for message in call:
@@ -152,6 +157,7 @@ class Node:
                         self._welcomed(message.welcome)
                     elif kind == "drain":
                         log.info("node %s: drain: %s", self.node_id, message.drain.reason)
+                        await self._part(call, end)
                         return
                     else:
                         self._on(message)
@@ -160,7 +166,17 @@ class Node:
                     heartbeat.cancel()
                 call.cancel()
 
-    async def _requests(self) -> AsyncIterator[pb.NodeMessage]:
+    async def _part(self, call: Any, end: object) -> None:
+        """Leave a draining replica cleanly: close our half of the stream after what is already
+        queued (output written before the drain must reach it, not be cut off in flight), and
+        read its answers until it closes its half (bounded)."""
+        self._outbox.put_nowait(end)
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            async with asyncio.timeout(PART_TIMEOUT_S):
+                async for message in call:
+                    self._on(message)
+
+    async def _requests(self, end: object) -> AsyncIterator[pb.NodeMessage]:
         running = [pb.TaskRef(task_id=t, attempt=c.attempt) for t, (c, _) in self.running.items()]
         hello = pb.Hello(
             node_id=self.node_id,
@@ -173,7 +189,12 @@ class Node:
         for message in list(self.unconfirmed.values()):
             yield message
         while True:
-            yield await self._outbox.get()
+            message = await self._outbox.get()
+            if message is end:
+                return  # half-close: the replica reads to here, then ends the stream
+            if isinstance(message, pb.NodeMessage):
+                yield message
+            # else the end of an earlier session that broke before reaching it: skip it
 
     def _welcomed(self, welcome: pb.Welcome) -> None:
         self.replica_id = welcome.replica_id

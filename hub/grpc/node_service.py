@@ -28,6 +28,7 @@ __all__ = ("NodeService",)
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+DRAIN_READ_S = 2.0
 
 
 def _refs(refs: list[tuple[str, int]]) -> list[pb.TaskRef]:
@@ -108,6 +109,10 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             while True:
                 message = await outbox.get()
                 if message is None:
+                    # A drain (or the node closed its half): first read what the node sent
+                    # before it saw the drain, so output in flight lands (bounded; a node
+                    # that answers the drain closes its half at once).
+                    await asyncio.wait({reader}, timeout=DRAIN_READ_S)
                     return
                 yield message
         finally:
