@@ -1,0 +1,210 @@
+"""The hub end to end over real gRPC and a real nats-server (issue 4, "Done when").
+
+Two replicas share one NATS server; nodes (the ``hub.node`` SDK) attach to either; agents (the
+``hub.client`` SDK) submit on one replica and wait or watch on the other. Replicas are stateless,
+so a caller can carry on through another replica, even after the first has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from typing import Any
+
+import pytest
+from grpchub import STEP_S, GrpcHub, addr, until, wait_done
+
+from hub.client import ClientError
+from hub.grpc.convert import priority_to_pb
+from hub.model import Priority
+from hub.node import TaskContext
+from hub.v1 import common_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+ROUTES: dict[str, dict[str, Any]] = {
+    "any": {},
+    "node-a": {"node": "node-a"},
+    "node-b": {"node": "node-b"},
+    "cap-gpu": {"require": ["gpu"]},
+}
+
+
+def reporter(node_id: str):
+    async def handler(ctx: TaskContext) -> Any:
+        ctx.thought(f"{node_id} thinking about {ctx.task_id}")
+        ctx.stdout(f"{node_id} ran {ctx.task_id}\n")
+        return {"node": node_id, "payload": ctx.payload.decode()}
+
+    return handler
+
+
+async def test_two_replicas_every_priority_and_route_completed(e2e_hub: GrpcHub) -> None:
+    a, b = await e2e_hub.replica(), await e2e_hub.replica()
+    await e2e_hub.node(addr(a), "node-a", {"echo": reporter("node-a")}, slots=2)
+    await e2e_hub.node(
+        addr(b), "node-b", {"echo": reporter("node-b")}, slots=2, capabilities=["gpu", "ssd"]
+    )
+    clients = [e2e_hub.client(a), e2e_hub.client(b)]
+
+    submitted = []
+    for i, (priority, (route, kwargs)) in enumerate(itertools.product(Priority, ROUTES.items())):
+        on, other = clients[i % 2], clients[(i + 1) % 2]
+        payload = f"{priority.label}/{route}"
+        response = await on.submit("echo", payload.encode(), priority=priority, **kwargs)
+        assert response.created
+        assert response.task.status == common_pb2.QUEUED
+        assert response.task.priority == priority_to_pb(priority)
+        submitted.append((response.task.task_id, priority, route, payload, other))
+    assert len(submitted) == len(Priority) * len(ROUTES) == 16
+
+    ran_on = set()
+    for task_id, priority, route, payload, other in submitted:
+        task = await wait_done(other, task_id)  # waited on the replica it was not submitted to
+        assert task.status == common_pb2.SUCCEEDED, task
+        assert task.priority == priority_to_pb(priority)
+        assert task.attempt == 1 and task.tries == 1
+        assert json.loads(task.result) == {"node": task.node_id, "payload": payload}
+        if route == "node-a":
+            assert task.node_id == "node-a"
+            assert task.route.node_id == "node-a"
+        elif route in ("node-b", "cap-gpu"):
+            assert task.node_id == "node-b"
+        ran_on.add(task.node_id)
+        assert task.stdout.head == f"{task.node_id} ran {task_id}\n".encode()
+        assert task.thoughts.head == f"{task.node_id} thinking about {task_id}".encode()
+        assert [h.outcome for h in task.history] == ["succeeded"]
+    assert ran_on == {"node-a", "node-b"}
+    # Every message was acknowledged: nothing left in any work queue.
+    assert await e2e_hub.stream_messages(a) == 0
+
+
+async def test_wait_on_replica_b_for_a_task_submitted_on_a_after_a_is_gone(
+    e2e_hub: GrpcHub,
+) -> None:
+    a, b = await e2e_hub.replica(), await e2e_hub.replica()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def gated(ctx: TaskContext) -> bytes:
+        started.set()
+        await release.wait()
+        return b"finished " + ctx.payload
+
+    await e2e_hub.node(addr(b), "worker", {"gated": gated})
+    on_a, on_b = e2e_hub.client(a), e2e_hub.client(b)
+    task_id = (await on_a.submit("gated", b"job-1")).task.task_id
+    async with asyncio.timeout(STEP_S):
+        await started.wait()
+
+    waiter = asyncio.create_task(on_b.wait(task_id, STEP_S))
+    await e2e_hub.stop_replica(a)
+    with pytest.raises(ClientError) as gone:
+        await on_a.get(task_id)
+    assert gone.value.code == "UNAVAILABLE"
+    assert not waiter.done()  # the task is still running: Wait on B is waiting
+
+    release.set()
+    async with asyncio.timeout(STEP_S):
+        response = await waiter
+    assert response.done
+    assert response.task.status == common_pb2.SUCCEEDED
+    assert response.task.result == b"finished job-1"
+    assert response.task.node_id == "worker"
+
+
+async def test_wait_on_an_unknown_task_is_not_found_at_once(e2e_hub: GrpcHub) -> None:
+    client = e2e_hub.client(await e2e_hub.replica())
+    started = time.monotonic()
+    with pytest.raises(ClientError) as err:
+        await client.wait("no-such-task", 30.0)
+    assert err.value.code == "NOT_FOUND"
+    assert "no-such-task" in err.value.message
+    assert time.monotonic() - started < 2.0  # not after the 30 s wait
+
+
+async def test_wait_on_a_task_past_its_result_ttl_says_expired(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica(result_ttl_s=2.0)
+    await e2e_hub.node(addr(replica), "worker", {"echo": reporter("worker")})
+    client = e2e_hub.client(replica)
+    task_id = (await client.submit("echo", b"soon forgotten")).task.task_id
+    assert (await wait_done(client, task_id)).status == common_pb2.SUCCEEDED
+
+    async def expired() -> bool:
+        return (await client.get(task_id)).status == common_pb2.EXPIRED
+
+    await until(expired, timeout_s=10.0)
+    started = time.monotonic()
+    response = await client.wait(task_id, 30.0)
+    assert time.monotonic() - started < 2.0
+    assert response.done
+    assert response.task.task_id == task_id
+    assert response.task.status == common_pb2.EXPIRED
+    assert response.task.result == b""
+
+
+async def test_watch_shows_stdout_as_written_and_resumes_from_an_offset(
+    e2e_hub: GrpcHub,
+) -> None:
+    a, b = await e2e_hub.replica(), await e2e_hub.replica()
+    lines = [b"step one\n", b"step two\n", b"step three: \xff\x00 raw bytes\n"]
+    seen_line = [asyncio.Event() for _ in lines]
+
+    async def talker(ctx: TaskContext) -> bytes:
+        for line, seen in zip(lines, seen_line, strict=True):
+            ctx.stdout(line)
+            # Goes on only once the watcher has this line: the task cannot end before the
+            # watcher saw all of its output, so what it saw was streamed, not read at the end.
+            async with asyncio.timeout(STEP_S):
+                await seen.wait()
+        return b"spoke"
+
+    await e2e_hub.node(addr(a), "talker", {"talk": talker})
+    task_id = (await e2e_hub.client(a).submit("talk")).task.task_id
+    watcher = e2e_hub.client(b)
+
+    seen, statuses = bytearray(), []
+    async with asyncio.timeout(STEP_S * 2), contextlib.aclosing(watcher.watch(task_id)) as events:
+        async for event in events:
+            if event.WhichOneof("event") == "task":
+                statuses.append(event.task.status)
+                continue
+            chunk = event.output
+            if chunk.stream != "stdout":
+                continue
+            assert chunk.offset == len(seen) and chunk.skipped == 0
+            seen += chunk.data
+            for i, flag in enumerate(seen_line):
+                if len(seen) >= len(b"".join(lines[: i + 1])):
+                    flag.set()
+    assert bytes(seen) == b"".join(lines)
+    assert statuses[-1] == common_pb2.SUCCEEDED  # the stream ended with the terminal record
+    assert common_pb2.RUNNING in statuses
+
+    full = b"".join(lines)
+    offset = len(lines[0]) + 3
+    chunks, last_status = [], None
+    async with (
+        asyncio.timeout(STEP_S),
+        contextlib.aclosing(watcher.watch(task_id, stdout_offset=offset)) as events,
+    ):
+        async for event in events:
+            if event.WhichOneof("event") == "task":
+                last_status = event.task.status
+            elif event.output.stream == "stdout":
+                chunks.append(event.output)
+    assert last_status == common_pb2.SUCCEEDED
+    assert chunks, "no stdout after the offset"
+    assert chunks[0].offset == offset
+    assert b"".join(c.data for c in chunks) == full[offset:]
+
+
+async def test_watch_of_an_unknown_task_is_not_found(e2e_hub: GrpcHub) -> None:
+    client = e2e_hub.client(await e2e_hub.replica())
+    with pytest.raises(ClientError) as err:
+        async with asyncio.timeout(STEP_S), contextlib.aclosing(client.watch("nope")) as events:
+            async for _ in events:
+                pass
+    assert err.value.code == "NOT_FOUND"
