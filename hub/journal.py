@@ -310,33 +310,68 @@ class Journal:
             except Exception as exc:
                 log.warning("buffer flush at stop failed task=%s: %s", task_id, exc)
 
-    async def _flush_key(self, key: tuple[str, str]) -> None:
+    @contextlib.asynccontextmanager
+    async def _buffer_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """One writer per buffer at a time, first come first served, so chunks are written in
+        the order they were appended; the lock is dropped when nobody waits on it."""
         lock, users = self._flushing.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
-            async with lock:  # FIFO: chunks are written in the order they were appended
-                await self._flush_locked(key)
+            async with lock:
+                yield
         finally:
             users[0] -= 1
             if not users[0]:
                 self._flushing.pop(key, None)
 
+    async def _flush_key(self, key: tuple[str, str]) -> None:
+        async with self._buffer_lock(key):
+            await self._flush_locked(key)
+
     async def _flush_locked(self, key: tuple[str, str]) -> None:
         pending = self._pending.pop(key, None)
         if pending is None or not pending.data:
             return
+        s = self.settings
+        data = bytes(pending.data)
+        await self._write_buffer(
+            key,
+            pending.attempt,
+            lambda buffer: buffer.append(data, s.journal_head_bytes, s.journal_tail_bytes),
+        )
+
+    async def settle(self, task_id: str, name: str, final: HeadTail) -> None:
+        """Make a buffer the node's own head+tail of the attempt's output, sent with its result.
+
+        Output messages are at most once: chunks on their way to a replica that dies are gone.
+        The node keeps the same head+tail locally, so with this the journal is exact anyway.
+        Usually the stored buffer already matches and nothing is written.
+        """
+        key = (task_id, name)
+        cached = self._buffers.get(subjects.buffer_key(task_id, name))
+        if cached is not None and cached[0] == final:
+            return
+        async with self._buffer_lock(key):
+            await self._write_buffer(key, final.attempt, lambda _: final)
+
+    async def _write_buffer(
+        self, key: tuple[str, str], attempt: int, change: Callable[[HeadTail], HeadTail]
+    ) -> None:
+        """Compare-and-set a buffer, fenced: only the task's current attempt may write it, and
+        a new attempt starts a new buffer."""
         task_id, name = key
         record, _ = await self.read(task_id, fresh=True)
-        fence(record, pending.attempt)
-        s = self.settings
+        fence(record, attempt)
         buffer_key = subjects.buffer_key(task_id, name)
-        for attempt in range(CAS_RETRIES):
-            buffer, revision = await self.read_buffer(task_id, name, fresh=attempt > 0)
-            if buffer.attempt > pending.attempt:
-                raise StaleAttempt(task_id, pending.attempt, buffer.attempt)
-            if buffer.attempt < pending.attempt:
-                buffer = HeadTail(attempt=pending.attempt)
-            new = buffer.append(bytes(pending.data), s.journal_head_bytes, s.journal_tail_bytes)
+        for tries in range(CAS_RETRIES):
+            buffer, revision = await self.read_buffer(task_id, name, fresh=tries > 0)
+            if buffer.attempt > attempt:
+                raise StaleAttempt(task_id, attempt, buffer.attempt)
+            if buffer.attempt < attempt:
+                buffer = HeadTail(attempt=attempt)
+            new = change(buffer)
+            if new == buffer:
+                return
             try:
                 revision = await self._write(buffer_key, new.to_json(), revision, self._buffer_ttl)
             except nats.js.errors.APIError as exc:

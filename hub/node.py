@@ -23,7 +23,9 @@ from typing import Any
 
 import grpc
 
+from hub.buffers import HeadTail
 from hub.client import channel_options
+from hub.grpc.convert import buffer_to_pb
 from hub.v1 import nodes_pb2 as pb
 from hub.v1 import nodes_pb2_grpc
 
@@ -51,7 +53,11 @@ class TaskContext:
     attempt: int
     timeout_s: float
     _emit: Callable[[pb.NodeMessage], None]
+    _limits: tuple[int, int] = (0, 0)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The same head+tail the hub keeps, sent with the result so the journal ends up exact
+    #: even if output messages were lost with a replica.
+    output: dict[str, HeadTail] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.payload or b"null")
@@ -60,6 +66,8 @@ class TaskContext:
         if isinstance(data, str):
             data = data.encode()
         if data:
+            kept = self.output.get(stream, HeadTail(attempt=self.attempt))
+            self.output[stream] = kept.append(data, *self._limits)
             out = pb.Output(task_id=self.task_id, attempt=self.attempt, stream=stream, data=data)
             self._emit(pb.NodeMessage(output=out))
 
@@ -110,6 +118,7 @@ class Node:
         self._outbox: asyncio.Queue[pb.NodeMessage | object] = asyncio.Queue()
         self._stopping = False
         self.replica_id = ""
+        self.limits = (0, 0)  # the hub's journal head and tail bytes, from its welcome
 
     def handler(self, kind: str) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
@@ -198,6 +207,7 @@ class Node:
 
     def _welcomed(self, welcome: pb.Welcome) -> None:
         self.replica_id = welcome.replica_id
+        self.limits = (welcome.journal_head_bytes, welcome.journal_tail_bytes)
         for ref in welcome.lost:
             self._stop_task(ref.task_id, "the hub no longer gives this node the task")
         self.connected.set()
@@ -252,6 +262,7 @@ class Node:
             attempt=grant.attempt,
             timeout_s=grant.timeout_s,
             _emit=self._send,
+            _limits=self.limits,
         )
         task = asyncio.create_task(self._execute(ctx))
         self.running[grant.task_id] = (ctx, task)
@@ -287,6 +298,9 @@ class Node:
             result.ok, result.error, result.retry = False, f"{type(exc).__name__}: {exc}", True
         if self.running.pop(ctx.task_id, None) is None:
             return
+        if self.limits != (0, 0):
+            for name, kept in ctx.output.items():
+                getattr(result, name).CopyFrom(buffer_to_pb(kept))
         ref = next(self._refs)
         message = pb.NodeMessage(ref=ref, result=result)
         self.unconfirmed[ref] = message

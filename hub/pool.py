@@ -12,13 +12,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from hub import lifecycle
+from hub.buffers import HeadTail
 from hub.config import Settings
 from hub.errors import HubError, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
 from hub.journal import Journal
@@ -287,12 +288,21 @@ class Pool:
         return record
 
     async def complete(
-        self, task_id: str, attempt: int, result: bytes, node: str = ""
+        self,
+        task_id: str,
+        attempt: int,
+        result: bytes,
+        node: str = "",
+        outputs: Mapping[str, HeadTail] | None = None,
     ) -> TaskRecord:
-        """First result wins (compare-and-set), then the confirmed ack removes the message."""
+        """First result wins (compare-and-set), then the confirmed ack removes the message.
+
+        ``outputs`` is the node's own head+tail of the attempt's output, written first where
+        the journal's differs, so a waiter that sees the result sees the exact output.
+        """
         if len(result) > self.settings.max_payload_bytes:
             raise PayloadTooLarge("result", len(result), self.settings.max_payload_bytes)
-        await self.journal.flush(task_id)
+        await self._output(task_id, outputs)
         now = self.clock()
         record = await self.journal.update(
             task_id, lambda r: lifecycle.succeed(r, attempt, result, now, node)
@@ -302,10 +312,17 @@ class Pool:
         return record
 
     async def fail(
-        self, task_id: str, attempt: int, error: str, *, retry: bool = True, node: str = ""
+        self,
+        task_id: str,
+        attempt: int,
+        error: str,
+        *,
+        retry: bool = True,
+        node: str = "",
+        outputs: Mapping[str, HeadTail] | None = None,
     ) -> TaskRecord:
         """A failed attempt: retried after the backoff, failed for good, or moved to the DLQ."""
-        await self.journal.flush(task_id)
+        await self._output(task_id, outputs)
         now = self.clock()
         record = await self.journal.update(
             task_id, lambda r: lifecycle.fail(r, attempt, error[:4096], now, retry=retry, node=node)
@@ -313,6 +330,11 @@ class Pool:
         await self._settle(record, self.settings.backoff_for(record.tries))
         log.info("failed task=%s attempt=%d status=%s: %s", task_id, attempt, record.status, error)
         return record
+
+    async def _output(self, task_id: str, outputs: Mapping[str, HeadTail] | None) -> None:
+        await self.journal.flush(task_id)
+        for name, final in (outputs or {}).items():
+            await self.journal.settle(task_id, name, final)
 
     async def release(
         self, task_id: str, attempt: int, *, reason: str, counts: bool, node: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hub.buffers import HeadTail
+from hub.config import Settings
 from hub.errors import InvalidTask
 from hub.model import AttemptInfo, Priority, Route, Status, TaskRecord, TaskSpec
 from hub.queue import DeadLetter
@@ -10,6 +11,7 @@ from hub.v1 import common_pb2 as pb
 from hub.v1 import tasks_pb2
 
 __all__ = (
+    "buffer_from_pb",
     "buffer_to_pb",
     "dead_to_pb",
     "expired_task",
@@ -70,6 +72,25 @@ def buffer_to_pb(buffer: HeadTail) -> pb.Buffer:
         dropped_bytes=buffer.dropped,
         attempt=buffer.attempt,
     )
+
+
+def buffer_from_pb(buffer: pb.Buffer, attempt: int, settings: Settings) -> HeadTail:
+    """A node's head+tail of its output, checked against the hub's own trimming rules."""
+    head_max, tail_max = settings.journal_head_bytes, settings.journal_tail_bytes
+    kept = len(buffer.head) + len(buffer.tail)
+    if (
+        len(buffer.head) > head_max
+        or len(buffer.tail) > tail_max
+        or buffer.total_bytes < kept
+        or (
+            buffer.total_bytes > kept
+            and (len(buffer.head), len(buffer.tail)) != (head_max, tail_max)
+        )
+    ):
+        raise InvalidTask(
+            f"output buffer does not follow head {head_max} + tail {tail_max} trimming"
+        )
+    return HeadTail(buffer.head, buffer.tail, buffer.total_bytes, attempt)
 
 
 def record_to_pb(

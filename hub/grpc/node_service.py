@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from hub.errors import HubError, InvalidTask
-from hub.grpc.convert import priority_to_pb
+from hub.grpc.convert import buffer_from_pb, priority_to_pb
 from hub.grpc.errors import code_for
 from hub.model import Route, validate_node_id
 from hub.nodes import Nodes, NodeSession, Notice
@@ -102,6 +102,8 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
                 lease_s=s.ack_wait_s,
                 kept=_refs(kept),
                 lost=_refs(lost),
+                journal_head_bytes=s.journal_head_bytes,
+                journal_tail_bytes=s.journal_tail_bytes,
             )
         )
         reader = asyncio.create_task(self._read(session, request_iterator, outbox))
@@ -198,10 +200,23 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         r = message.result
         pool = self.nodes.pool
         try:
+            s = self.nodes.settings
+            outputs = {
+                name: buffer_from_pb(getattr(r, name), r.attempt, s)
+                for name in ("stdout", "thoughts")
+                if r.HasField(name) and getattr(r, name).total_bytes
+            }
             if r.ok:
-                await pool.complete(r.task_id, r.attempt, r.result, session.node)
+                await pool.complete(r.task_id, r.attempt, r.result, session.node, outputs)
             else:
-                await pool.fail(r.task_id, r.attempt, r.error, retry=r.retry, node=session.node)
+                await pool.fail(
+                    r.task_id,
+                    r.attempt,
+                    r.error,
+                    retry=r.retry,
+                    node=session.node,
+                    outputs=outputs,
+                )
         except HubError as exc:
             outbox.put_nowait(_refused(message.ref, r.task_id, exc))
         else:

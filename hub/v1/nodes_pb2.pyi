@@ -62,20 +62,24 @@ class Output(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("task_id", "attempt", "ok", "result", "error", "retry")
+    __slots__ = ("task_id", "attempt", "ok", "result", "error", "retry", "stdout", "thoughts")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    THOUGHTS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     ok: bool
     result: bytes
     error: str
     retry: bool
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., ok: _Optional[bool] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
+    stdout: _common_pb2.Buffer
+    thoughts: _common_pb2.Buffer
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., ok: _Optional[bool] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ..., stdout: _Optional[_Union[_common_pb2.Buffer, _Mapping]] = ..., thoughts: _Optional[_Union[_common_pb2.Buffer, _Mapping]] = ...) -> None: ...
 
 class HandBack(_message.Message):
     __slots__ = ("task_id", "attempt", "reason")
@@ -108,18 +112,22 @@ class NodeMessage(_message.Message):
     def __init__(self, ref: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., claim: _Optional[_Union[Claim, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., hand_back: _Optional[_Union[HandBack, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("replica_id", "heartbeat_s", "lease_s", "kept", "lost")
+    __slots__ = ("replica_id", "heartbeat_s", "lease_s", "kept", "lost", "journal_head_bytes", "journal_tail_bytes")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_HEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_TAIL_BYTES_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     heartbeat_s: float
     lease_s: float
     kept: _containers.RepeatedCompositeFieldContainer[TaskRef]
     lost: _containers.RepeatedCompositeFieldContainer[TaskRef]
-    def __init__(self, replica_id: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., kept: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+    journal_head_bytes: int
+    journal_tail_bytes: int
+    def __init__(self, replica_id: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., kept: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., journal_head_bytes: _Optional[int] = ..., journal_tail_bytes: _Optional[int] = ...) -> None: ...
 
 class Offer(_message.Message):
     __slots__ = ("task_id", "kind", "priority", "payload_bytes")

@@ -11,6 +11,7 @@ import time
 import pytest
 from hubtest import Core, eventually, take_one
 
+from hub.buffers import HeadTail
 from hub.errors import PayloadTooLarge, StaleAttempt, TaskExpired, TaskNotFound
 from hub.journal import WatchEvent
 from hub.model import Status, TaskSpec
@@ -263,3 +264,41 @@ async def test_watch_unknown_task(hub_core: Core) -> None:
     with pytest.raises(TaskNotFound):
         async for _ in hub_core.journal.watch("nope"):
             pass
+
+
+# -- the node's own head+tail, sent with the result ----------------------------------------
+
+
+async def test_result_outputs_repair_lost_chunks(hub_core: Core) -> None:
+    """Chunks lost on their way (a replica died with them) are made good by the head+tail the
+    node sends with its result: the journal ends byte-exact."""
+    s = hub_core.settings
+    grant = await running_task(hub_core)
+    attempt = grant.record.attempt
+    chunks = [bytes([i % 251]) * 1000 for i in range(60)]
+    node_copy = HeadTail(attempt=attempt)
+    for i, chunk in enumerate(chunks):
+        node_copy = node_copy.append(chunk, s.journal_head_bytes, s.journal_tail_bytes)
+        if i % 3:  # every third chunk never reaches the journal
+            hub_core.journal.append("t1", "stdout", attempt, chunk)
+    await hub_core.journal.flush("t1")
+    partial, _ = await hub_core.journal.read_buffer("t1", "stdout")
+    assert partial.total < node_copy.total
+    await hub_core.pool.complete("t1", attempt, b"ok", "n1", {"stdout": node_copy})
+    stored, _ = await hub_core.journal.read_buffer("t1", "stdout")
+    assert stored == node_copy
+    whole = b"".join(chunks)
+    assert stored.head == whole[: s.journal_head_bytes]
+    assert stored.tail == whole[-s.journal_tail_bytes :]
+
+
+async def test_stale_result_outputs_change_nothing(hub_core: Core) -> None:
+    grant = await running_task(hub_core)
+    attempt = grant.record.attempt
+    hub_core.journal.append("t1", "stdout", attempt, b"real output")
+    await hub_core.journal.flush("t1")
+    before = await hub_core.journal.read_buffer("t1", "stdout")
+    forged = HeadTail(b"forged", b"", 6, attempt - 1)
+    with pytest.raises(StaleAttempt):
+        await hub_core.pool.complete("t1", attempt - 1, b"x", "n1", {"stdout": forged})
+    assert await hub_core.journal.read_buffer("t1", "stdout") == before
