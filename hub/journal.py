@@ -80,13 +80,73 @@ class _Pending:
     data: bytearray
 
 
+@dataclass(slots=True)
+class _Known:
+    revision: int
+    epoch: int
+    record: TaskRecord | None  # None: a tombstone (the result outlived its TTL)
+    raw: bytes = b""  # from the feed, decoded when first needed
+
+
+class RecordCache:
+    """What this replica knows of each record: the newest revision among its own writes, its
+    reads and the bucket's feed of committed writes (bounded, least recently used first out).
+
+    An entry counts as *current* while the feed has run without a break since it was stored:
+    every later write then reaches this replica through the feed. ``new_epoch()`` marks such
+    a break (a reconnect, a dropped message), after which old entries are only hints.
+    """
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self.epoch = 0  # 0: no feed yet, nothing is current
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+
+    def new_epoch(self) -> None:
+        self.epoch += 1
+
+    def store(
+        self, task_id: str, revision: int, record: TaskRecord | None, raw: bytes = b""
+    ) -> None:
+        known = self._known.get(task_id)
+        if known is not None and known.revision > revision:
+            return
+        self._known[task_id] = _Known(revision, self.epoch, record, raw)
+        self._known.move_to_end(task_id)
+        if len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+    def get(self, task_id: str, *, current: bool = False) -> tuple[TaskRecord | None, int] | None:
+        """(record or None for a tombstone, revision), or None when unknown (or, with
+        ``current``, not known to be the latest)."""
+        known = self._known.get(task_id)
+        if known is None or (current and (not self.epoch or known.epoch != self.epoch)):
+            return None
+        if known.record is None and known.raw:
+            known.record, known.raw = TaskRecord.from_json(known.raw), b""
+        return known.record, known.revision
+
+    def forget(self, task_id: str) -> None:
+        self._known.pop(task_id, None)
+
+
+def _known_or_raise(
+    task_id: str, record: TaskRecord | None, revision: int
+) -> tuple[TaskRecord, int]:
+    if record is None:
+        raise TaskExpired(task_id)
+    return record, revision
+
+
 class Journal:
     """Records and buffers of every task; one instance per replica (per NATS connection)."""
 
     def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
         self.nc, self.js, self.settings = nc, js, settings
         self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
-        self._cache: OrderedDict[str, tuple[TaskRecord, int]] = OrderedDict()
+        self.records = RecordCache()
+        self._waiters: dict[str, set[asyncio.Queue[Msg | None]]] = {}
+        self._feed_started = False
         self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -181,10 +241,7 @@ class Journal:
     # -- records ----------------------------------------------------------------------------
 
     def _remember(self, record: TaskRecord, revision: int) -> None:
-        self._cache[record.id] = (record, revision)
-        self._cache.move_to_end(record.id)
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self.records.store(record.id, revision, record)
 
     async def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         """Record a new task; if the id exists, the existing record and False (idempotent)."""
@@ -200,11 +257,12 @@ class Journal:
 
     async def read(self, task_id: str, *, fresh: bool = False) -> tuple[TaskRecord, int]:
         """The record and its revision; TaskNotFound or TaskExpired (tombstone) otherwise."""
-        if not fresh and task_id in self._cache:
-            return self._cache[task_id]
+        known = None if fresh else self.records.get(task_id)
+        if known is not None:
+            return _known_or_raise(task_id, *known)
         value, revision = await self._read(subjects.record_key(task_id))
         if value is None:
-            self._cache.pop(task_id, None)
+            self.records.forget(task_id)
             if revision:
                 raise TaskExpired(task_id)
             raise TaskNotFound(task_id)
@@ -221,7 +279,7 @@ class Journal:
         ``change`` may raise a HubError (stale attempt, already finished): nothing is written.
         """
         for attempt in range(CAS_RETRIES):
-            cached = attempt == 0 and task_id in self._cache
+            cached = attempt == 0 and self.records.get(task_id) is not None
             record, revision = await self.read(task_id, fresh=attempt > 0)
             try:
                 new = change(record)
@@ -229,7 +287,7 @@ class Journal:
                 if cached:
                     # Decided on this replica's copy, which another replica's writes may have
                     # overtaken (it shows an older attempt): decide again on the journal's.
-                    self._cache.pop(task_id, None)
+                    self.records.forget(task_id)
                     continue
                 raise
             if new is record:
@@ -242,7 +300,7 @@ class Journal:
             except nats.js.errors.APIError as exc:
                 if not is_wrong_last_sequence(exc):
                     raise
-                self._cache.pop(task_id, None)
+                self.records.forget(task_id)
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             self._remember(new, revision)
@@ -260,8 +318,8 @@ class Journal:
         subjects.buffer_key(task_id, name)
         if len(data) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(name, len(data), self.settings.max_payload_bytes)
-        cached = self._cache.get(task_id)
-        if cached is not None and cached[0].attempt >= attempt:
+        cached = self.records.get(task_id)
+        if cached is not None and cached[0] is not None and cached[0].attempt >= attempt:
             # This replica's copy may be older than the journal (another replica claimed or
             # re-attached the task): only a copy at or past ``attempt`` can refuse it at once.
             fence(cached[0], attempt)
@@ -404,9 +462,46 @@ class Journal:
     # -- wait and watch ---------------------------------------------------------------------
 
     def reconnected(self) -> None:
-        """After a reconnect, every waiter re-reads: a change during the outage is not missed."""
+        """After a reconnect (or a dropped feed message), every waiter re-reads and nothing
+        cached is taken as current: a change during the outage is not missed."""
+        self.records.new_epoch()
         for queue in self._reread:
             queue.put_nowait(None)
+
+    async def start(self) -> None:
+        """One subscription per replica to every committed record write (the bucket's
+        republish), fanned out to this replica's waiters; it keeps ``records`` current."""
+        if self._feed_started:
+            return
+        self._feed_started = True
+        await self.nc.subscribe(
+            subjects.journal_feed_subject("task.*"),
+            cb=self._on_record,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
+        )
+        self.records.new_epoch()
+
+    async def _on_record(self, msg: Msg) -> None:
+        task_id = msg.subject.rsplit(".", 1)[-1]
+        headers = msg.headers or {}
+        try:
+            revision = int(headers.get("Nats-Sequence", "0"))
+        except ValueError:
+            return
+        if not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS):
+            self.records.store(task_id, revision, None)
+        else:
+            self.records.store(task_id, revision, None, msg.data)
+        for queue in self._waiters.get(task_id, ()):
+            queue.put_nowait(msg)
+
+    async def _current(self, task_id: str) -> TaskRecord:
+        """The latest record: from memory when the feed guarantees it, else from the server."""
+        known = self.records.get(task_id, current=True)
+        if known is not None:
+            return _known_or_raise(task_id, *known)[0]
+        return await self.get(task_id)
 
     @contextlib.asynccontextmanager
     async def _feed(self, task_id: str, buffers: bool) -> AsyncIterator[asyncio.Queue[Msg | None]]:
@@ -430,11 +525,17 @@ class Journal:
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
         """The record once terminal, or as it stands at the deadline.
 
-        Subscribes before reading, so a result written in between is not missed; an unknown
-        task raises TaskNotFound at once, an expired one TaskExpired.
+        Registers with the feed before reading, so a result written in between is not missed,
+        and reads from memory when the feed guarantees the copy is the latest (no round trip);
+        an unknown task raises TaskNotFound at once, an expired one TaskExpired.
         """
-        async with self._feed(task_id, buffers=False) as queue:
-            record = await self.get(task_id)
+        await self.start()
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        waiters = self._waiters.setdefault(task_id, set())
+        waiters.add(queue)
+        self._reread.add(queue)
+        try:
+            record = await self._current(task_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     while not record.terminal:
@@ -444,6 +545,11 @@ class Journal:
                         else:
                             record = self._from_feed(task_id, msg) or record
             return record
+        finally:
+            self._reread.discard(queue)
+            waiters.discard(queue)
+            if not waiters:
+                self._waiters.pop(task_id, None)
 
     async def _reread_record(self, task_id: str, known: TaskRecord) -> TaskRecord:
         try:
@@ -458,9 +564,12 @@ class Journal:
         headers = msg.headers or {}
         if not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS):
             raise TaskExpired(task_id)
+        known = self.records.get(task_id)
+        revision = int(headers.get("Nats-Sequence", "0") or 0)
+        if known is not None and known[0] is not None and known[1] >= revision:
+            return known[0]  # already decoded (the feed stored it), or newer
         record = TaskRecord.from_json(msg.data)
-        with contextlib.suppress(ValueError):
-            self._remember(record, int(headers.get("Nats-Sequence", "0")))
+        self._remember(record, revision)
         return record
 
     async def watch(

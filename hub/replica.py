@@ -59,6 +59,7 @@ class Replica:
         topology = Topology(js, s)
         await topology.ensure()
         journal = Journal(self.nc, js, s)
+        await journal.start()
         self.pool = Pool(self.nc, topology, journal, Queue(self.nc, js, s), s)
         await self.pool.start()
         self.nodes = Nodes(self.pool, s, self.id)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.config import Settings
@@ -29,6 +30,10 @@ async def connect(
 
     async def error_cb(exc: Exception) -> None:
         log.debug("nats error: %s", exc)
+        if isinstance(exc, nats.errors.SlowConsumerError) and on_reconnect is not None:
+            # a message was dropped: whatever was built from the stream of messages is suspect
+            log.warning("nats slow consumer on %s: re-reading", exc.subject)
+            await on_reconnect()
 
     async def disconnected_cb() -> None:
         if not (nc.is_closed or nc.is_draining):

@@ -13,7 +13,7 @@ from hubtest import Core, eventually, take_one
 
 from hub.buffers import HeadTail
 from hub.errors import PayloadTooLarge, StaleAttempt, TaskExpired, TaskNotFound
-from hub.journal import WatchEvent
+from hub.journal import Journal, WatchEvent
 from hub.model import Status, TaskSpec
 from hub.pool import Grant
 
@@ -302,3 +302,55 @@ async def test_stale_result_outputs_change_nothing(hub_core: Core) -> None:
     with pytest.raises(StaleAttempt):
         await hub_core.pool.complete("t1", attempt - 1, b"x", "n1", {"stdout": forged})
     assert await hub_core.journal.read_buffer("t1", "stdout") == before
+
+
+# -- the replica's feed of committed record writes ------------------------------------------
+
+
+class CountingReads:
+    """Counts the journal's reads from the server (the round trips the feed should save)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.count = 0
+        inner = journal._read
+
+        async def counted(key: str) -> tuple[bytes | None, int]:
+            self.count += 1
+            return await inner(key)
+
+        journal._read = counted
+
+
+async def test_waits_on_tasks_the_feed_follows_take_no_round_trip(make_core) -> None:
+    """A replica's feed keeps its copy of every record current: waiting on a task written
+    since the feed started (here by another replica) reads nothing from the server, and
+    still sees the result the other replica writes."""
+    a, b = await make_core(), await make_core()
+    await a.journal.start()
+    await b.pool.submit(TaskSpec(kind="echo", payload=b"p", id="fed"))
+    grant = await take_one(b.pool, "n1", timeout_s=5)
+    reads = CountingReads(a.journal)
+    async with asyncio.timeout(5):
+        waiter = asyncio.create_task(a.journal.wait("fed", 5))
+        await asyncio.sleep(0.05)
+        await b.pool.complete("fed", grant.record.attempt, b"done", "n1")
+        record = await waiter
+    assert (record.status, record.result) == (Status.SUCCEEDED, b"done")
+    assert reads.count == 0
+
+
+async def test_after_a_break_in_the_feed_waits_read_the_server(make_core) -> None:
+    """After a reconnect (or a dropped feed message) nothing cached is taken as current."""
+    a, b = await make_core(), await make_core()
+    await a.journal.start()
+    await b.pool.submit(TaskSpec(kind="echo", payload=b"p", id="gap"))
+
+    async def known() -> bool:
+        return a.journal.records.get("gap", current=True) is not None
+
+    await eventually(known, timeout_s=5)
+    a.journal.reconnected()
+    reads = CountingReads(a.journal)
+    record = await a.journal.wait("gap", 0.1)
+    assert record.status is Status.QUEUED
+    assert reads.count == 1
