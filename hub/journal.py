@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import random
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,12 +35,11 @@ from hub.errors import (
     StaleAttempt,
     TaskExpired,
     TaskNotFound,
-    Unavailable,
 )
 from hub.lifecycle import fence
 from hub.model import TaskRecord
 from hub.nats import subjects
-from hub.nats.errors import is_wrong_last_sequence, nats_errors
+from hub.nats.errors import is_wrong_last_sequence, retrying
 
 __all__ = ("BUFFERS", "Journal", "WatchEvent")
 
@@ -49,11 +47,6 @@ log = logging.getLogger(__name__)
 
 BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
-#: How long a journal read or write keeps retrying while NATS is unavailable: longer than a
-#: leader election (4-9 s measured on a 3-server loopback cluster, see docs/reliability.md).
-RETRY_BUDGET_S = 15.0
-RETRY_FIRST_S = 0.05
-RETRY_MAX_DELAY_S = 1.0
 CACHE_SIZE = 20_000
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
@@ -219,24 +212,7 @@ class Journal:
         return revision
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """``call()`` until NATS answers, with backoff, for up to ``RETRY_BUDGET_S``.
-
-        Only unavailability is retried (no responders, timeouts, a reconnect in progress: what
-        a leader election or a server restart looks like); an answer, even an error, is final.
-        A closed connection is not retried: that is a shutdown.
-        """
-        delay = RETRY_FIRST_S
-        deadline = time.monotonic() + RETRY_BUDGET_S
-        while True:
-            try:
-                with nats_errors(what):
-                    return await call()
-            except Unavailable as exc:
-                if self.nc.is_closed or time.monotonic() + delay > deadline:
-                    raise
-                log.debug("journal %s: %s; retrying in %.2f s", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+        return await retrying(what, call, closed=lambda: self.nc.is_closed)
 
     # -- records ----------------------------------------------------------------------------
 

@@ -22,17 +22,15 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from hub.config import Settings
-from hub.errors import InvalidTask, Unavailable
+from hub.errors import InvalidTask
 from hub.model import Priority, Route, TaskRecord
 from hub.nats import subjects
-from hub.nats.errors import nats_errors
+from hub.nats.errors import nats_errors, retrying
 from hub.nats.subjects import ConsumerName
 
 __all__ = ("DeadLetter", "Delivery", "Queue")
 
 log = logging.getLogger(__name__)
-
-PUBLISH_RETRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,19 +158,14 @@ class Queue:
         return await self._publish(subject, payload, headers)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
-        """Publish with the same id through timeouts and leader elections (bounded)."""
-        delay = 0.1
-        for attempt in range(PUBLISH_RETRIES):
-            try:
-                with nats_errors(f"publish {subject}"):
-                    ack = await self.js.publish(subject, payload, headers=headers)
-                return ack.seq
-            except Unavailable:
-                if attempt == PUBLISH_RETRIES - 1:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")
+        """Publish with the same id through timeouts and leader elections (the message id
+        makes a repeat of a publish that did land a duplicate, which the stream drops)."""
+        ack = await retrying(
+            f"publish {subject}",
+            lambda: self.js.publish(subject, payload, headers=headers),
+            closed=lambda: self.nc.is_closed,
+        )
+        return ack.seq
 
     async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:
         puller = self._pullers.get((name.stream, name.durable))
@@ -206,9 +199,13 @@ class Queue:
         )
 
     async def ack(self, ack_subject: str) -> None:
-        """Confirmed ack: the message is gone from the work queue when this returns."""
-        with nats_errors("ack"):
-            await self.nc.request(ack_subject, b"+ACK", timeout=self.settings.request_timeout_s)
+        """Confirmed ack: the message is gone from the work queue when this returns. Retried
+        through an election: a second ack of the same message is answered and changes nothing."""
+        await retrying(
+            "ack",
+            lambda: self.nc.request(ack_subject, b"+ACK", timeout=self.settings.request_timeout_s),
+            closed=lambda: self.nc.is_closed,
+        )
 
     async def extend(self, ack_subject: str) -> None:
         with nats_errors("extend"):

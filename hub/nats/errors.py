@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
 
 from hub.errors import Unavailable
 
-__all__ = ("WRONG_LAST_SEQUENCE", "is_wrong_last_sequence", "nats_errors")
+__all__ = ("WRONG_LAST_SEQUENCE", "is_wrong_last_sequence", "nats_errors", "retrying")
+
+log = logging.getLogger(__name__)
+
+#: Long enough to ride out a leader election (4-9 s measured on a loopback cluster).
+RETRY_BUDGET_S = 15.0
+RETRY_FIRST_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
+
+T = TypeVar("T")
 
 WRONG_LAST_SEQUENCE = 10071
 
@@ -38,3 +51,31 @@ def nats_errors(what: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise Unavailable(f"NATS did not answer ({what}): {type(exc).__name__}") from exc
+
+
+async def retrying(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    closed: Callable[[], bool] = lambda: False,
+    budget_s: float = RETRY_BUDGET_S,
+) -> T:
+    """``call()`` until NATS answers, with backoff, for up to ``budget_s``.
+
+    Only unavailability is retried (no responders, timeouts, a reconnect in progress: what a
+    leader election or a server restart looks like); an answer, even an error, is final, and a
+    closed connection (``closed()``) is a shutdown, not retried. Callers retry only calls that
+    are safe to repeat: idempotent by message id, by compare-and-set, or by nature (acks).
+    """
+    delay = RETRY_FIRST_S
+    deadline = time.monotonic() + budget_s
+    while True:
+        try:
+            with nats_errors(what):
+                return await call()
+        except Unavailable as exc:
+            if closed() or time.monotonic() + delay > deadline:
+                raise
+            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_DELAY_S)

@@ -26,7 +26,7 @@ from hub.config import Settings
 from hub.errors import InvalidSettings
 from hub.model import Priority, Route
 from hub.nats import subjects
-from hub.nats.errors import nats_errors
+from hub.nats.errors import nats_errors, retrying
 
 __all__ = ("Topology",)
 
@@ -159,8 +159,10 @@ class Topology:
             max_waiting=4096,
             inactive_threshold=None if route.kind == "any" else IDLE_CONSUMER_S,
         )
-        with nats_errors(f"create consumer {name.stream}/{name.durable}"):
-            await self.js.add_consumer(name.stream, config)
+        await retrying(
+            f"create consumer {name.stream}/{name.durable}",
+            lambda: self.js.add_consumer(name.stream, config),
+        )
         self._consumers.add((name.stream, name.durable))
         return name
 
@@ -170,8 +172,9 @@ class Topology:
 
     async def routes(self, priority: Priority) -> list[Route]:
         """Routes that have a consumer on this priority's stream (found by listing)."""
-        with nats_errors("list consumers"):
-            infos = await self.js.consumers_info(subjects.stream_name(priority))
+        infos = await retrying(
+            "list consumers", lambda: self.js.consumers_info(subjects.stream_name(priority))
+        )
         out = []
         for info in infos:
             route = subjects.route_of_durable(info.name or "")
