@@ -22,6 +22,7 @@ from typing import Any
 from hub.client import Client, ClientError
 from hub.config import Settings, load_settings, unknown_env
 from hub.errors import HubError, InvalidSettings, ServerFailed, Unavailable
+from hub.grpc.convert import priority_name, status_name
 from hub.v1 import common_pb2
 
 __all__ = ("main",)
@@ -39,8 +40,6 @@ EXIT_FOR_CODE = {
     "UNAVAILABLE": EXIT_UNAVAILABLE,
     "UNAUTHENTICATED": EXIT_BAD_INPUT,
 }
-STATUS = {v: k.lower() for k, v in common_pb2.Status.items()}
-PRIORITY = {v: k.lower() for k, v in common_pb2.Priority.items()}
 FAILED_STATUSES = {"failed", "dead", "cancelled", "expired"}
 
 
@@ -76,8 +75,8 @@ def task_json(task: common_pb2.Task) -> dict[str, Any]:
     result = _text(task.result)
     return {
         "task_id": task.task_id,
-        "status": STATUS[task.status],
-        "priority": PRIORITY[task.priority],
+        "status": status_name(task.status),
+        "priority": priority_name(task.priority),
         "kind": task.kind,
         "route": {"node_id": task.route.node_id, "capabilities": list(task.route.capabilities)},
         "node_id": task.node_id,
@@ -121,7 +120,7 @@ def print_task(task: common_pb2.Task, as_json: bool) -> None:
 
 
 def _exit_for_status(task: common_pb2.Task) -> int:
-    return EXIT_TASK_FAILED if STATUS[task.status] in FAILED_STATUSES else EXIT_OK
+    return EXIT_TASK_FAILED if status_name(task.status) in FAILED_STATUSES else EXIT_OK
 
 
 # -- client commands ----------------------------------------------------------------------------
@@ -159,7 +158,9 @@ async def _wait_for(client: Client, task_id: str, wait_s: float, as_json: bool) 
     print_task(response.task, as_json)
     if not response.done:
         if not as_json:
-            print(f"timed out after {wait_s} s; the task is still {STATUS[response.task.status]}")
+            print(
+                f"timed out after {wait_s} s; the task is still {status_name(response.task.status)}"
+            )
         return EXIT_TIMEOUT
     return _exit_for_status(response.task)
 

@@ -31,6 +31,7 @@ from hub.config import Settings
 from hub.dev.chaos_tasks import expected_output
 from hub.dev.cluster import NatsCluster
 from hub.dev.procs import HubProcess, node_process, replica_process
+from hub.grpc.convert import status_name
 from hub.model import Priority
 from hub.nats import subjects
 
@@ -39,10 +40,6 @@ __all__ = ("ChaosReport", "run_chaos")
 log = logging.getLogger(__name__)
 
 TERMINAL = {"succeeded", "failed", "cancelled", "dead", "expired"}
-STATUS_NAMES = {
-    1: "queued", 2: "claimed", 3: "running", 4: "succeeded", 5: "failed",
-    6: "cancelled", 7: "dead", 8: "expired",
-}  # fmt: skip
 RETRIES = 60
 
 
@@ -261,7 +258,7 @@ async def _settle(
         for task_id, response in zip(batch, results, strict=True):
             if isinstance(response, BaseException):
                 continue
-            if STATUS_NAMES.get(response.task.status) in TERMINAL:  # type: ignore[attr-defined]
+            if status_name(response.task.status) in TERMINAL:  # type: ignore[attr-defined]
                 pending.pop(task_id)
         console.print(f"  settling: {len(pending)} tasks not finished")
     report.lost = len(pending)
@@ -269,7 +266,7 @@ async def _settle(
         if spec.task_id in pending:
             continue
         task = await _call(rig, rng, "get", spec.task_id, include_output=True)
-        status = STATUS_NAMES.get(task.status)  # type: ignore[attr-defined]
+        status = status_name(task.status)  # type: ignore[attr-defined]
         if status != "succeeded":
             report.not_succeeded += 1
         wins = sum(1 for h in task.history if h.outcome == "succeeded")  # type: ignore[attr-defined]

@@ -16,10 +16,12 @@ __all__ = (
     "dead_to_pb",
     "expired_task",
     "priority_from_pb",
+    "priority_name",
     "priority_to_pb",
     "record_to_pb",
     "route_from_pb",
     "spec_from_pb",
+    "status_name",
 )
 
 
@@ -91,6 +93,16 @@ def buffer_from_pb(buffer: pb.Buffer, attempt: int, settings: Settings) -> HeadT
             f"output buffer does not follow head {head_max} + tail {tail_max} trimming"
         )
     return HeadTail(buffer.head, buffer.tail, buffer.total_bytes, attempt)
+
+
+def status_name(value: int) -> str:
+    """A proto Status as the model's name ("succeeded"), for people and JSON."""
+    name = pb.Status.Name(value)
+    return Status[name].value if name in Status.__members__ else "unspecified"
+
+
+def priority_name(value: int) -> str:
+    return priority_from_pb(value).label
 
 
 def record_to_pb(
