@@ -111,6 +111,7 @@ class Node:
         self.max_backoff_s = max_backoff_s
         self.running: dict[str, tuple[TaskContext, asyncio.Task[None]]] = {}
         self.unconfirmed: dict[int, pb.NodeMessage] = {}
+        self._sent: set[int] = set()  # refs of unconfirmed messages handed to a stream
         self.connected = asyncio.Event()
         self.completed = 0
         self._refs = itertools.count(1)
@@ -195,13 +196,19 @@ class Node:
             kinds=sorted(self.handlers),
         )
         yield pb.NodeMessage(hello=hello)
-        for message in list(self.unconfirmed.values()):
-            yield message
+        # Only what went out on a stream that broke is sent again first; what is still queued
+        # goes in its turn, after the output queued before it (a result ahead of its own output
+        # would let that output land on top of the head+tail the result settles).
+        for ref, message in list(self.unconfirmed.items()):
+            if ref in self._sent:
+                yield message
         while True:
             message = await self._outbox.get()
             if message is end:
                 return  # half-close: the replica reads to here, then ends the stream
             if isinstance(message, pb.NodeMessage):
+                if message.ref in self.unconfirmed:
+                    self._sent.add(message.ref)
                 yield message
             # else the end of an earlier session that broke before reaching it: skip it
 
@@ -247,9 +254,11 @@ class Node:
             self._stop_task(message.cancel.task_id, message.cancel.reason)
         elif kind == "done":
             self.unconfirmed.pop(message.done.ref, None)
+            self._sent.discard(message.done.ref)
         elif kind == "refused":
             r = message.refused
             self.unconfirmed.pop(r.ref, None)
+            self._sent.discard(r.ref)
             log.warning("node %s: hub refused %s: %s", self.node_id, r.task_id, r.message)
         elif kind == "deny":
             log.debug("node %s: claim denied %s", self.node_id, message.deny.reason)
