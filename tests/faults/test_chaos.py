@@ -28,9 +28,7 @@ async def test_reduced_chaos_loses_nothing() -> None:
     assert report.unexplained_duplicates == 0, report
     # nothing still queued or claimed in any work queue once the load stopped
     assert report.messages_left == 0, report
-    # head+tail of every task's stdout byte-exact, including those whose replica was killed.
-    # PENDING FIX: output chunks in flight to a SIGKILLed replica are lost until the node sends
-    # its final head+tail with the result; until that lands this assertion can fail when a
-    # replica kill catches a task mid-output (it did not with this seed and size).
+    # head+tail of every task's stdout byte-exact, including tasks whose replica was killed
+    # mid-output (the node sends its head+tail with the result: 062f265)
     assert report.journal_mismatches == 0, report
     assert report.ok
