@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,14 +79,6 @@ async def test_head_and_tail_visible_through_get(e2e_hub: GrpcHub) -> None:
 HUB = Path(sys.executable).with_name("hub")  # the console script of this environment
 
 
-def cli_has(command: str) -> bool:
-    """Whether ``hub <command>`` exists yet (the CLI is written alongside these tests)."""
-    probe = subprocess.run(
-        [str(HUB), command, "--help"], capture_output=True, timeout=30, check=False
-    )
-    return probe.returncode == 0
-
-
 def numbered_lines() -> bytes:
     """ASCII text well over HEAD + TAIL: JSON carries text, and this must be exact in it."""
     return b"".join(b"line %04d of the output\n" % i for i in range(100))
@@ -103,8 +94,6 @@ async def lines(ctx: TaskContext) -> bytes:
 
 
 async def test_head_and_tail_visible_through_hub_get_json(e2e_hub: GrpcHub) -> None:
-    if not await asyncio.to_thread(cli_has, "get"):
-        pytest.skip("hub get is not in hub/cli.py yet")
     replica = await e2e_hub.replica()
     await e2e_hub.node(addr(replica), "printer", {"lines": lines})
     task_id = (await e2e_hub.client(replica).submit("lines")).task.task_id

@@ -1,0 +1,109 @@
+"""The ``hub`` command against a real replica: JSON output and the documented exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from grpchub import GrpcHub, addr
+
+from hub.dev.cluster import free_ports
+from hub.node import Fail, TaskContext
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+)
+
+
+async def hub(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m hub ARGS`` (bounded); (exit code, stdout, stderr)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=base | (env or {}),
+    )
+    try:
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def echo(ctx: TaskContext) -> bytes:
+    ctx.stdout("said it\n")
+    return ctx.payload
+
+
+async def test_submit_wait_get_pool_nodes_and_dlq_speak_json(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica()
+    await e2e_hub.node(addr(replica), "n1", {"echo": echo})
+    at = ["--hub", addr(replica), "--json"]
+
+    code, out, err = await hub("submit", "echo", "--payload", '{"x": 1}', "--wait", *at)
+    assert code == EXIT_OK, err
+    task = json.loads(out)
+    assert (task["status"], task["result"], task["node_id"]) == ("succeeded", '{"x": 1}', "n1")
+    assert task["stdout"]["head"] == "said it\n" and task["stdout"]["total_bytes"] == 8
+
+    code, out, _ = await hub("get", task["task_id"], *at)
+    assert code == EXIT_OK and json.loads(out)["attempt"] == 1
+    code, out, _ = await hub("pool", *at)
+    assert code == EXIT_OK and json.loads(out)["queued"]["normal"] == 0
+    code, out, _ = await hub("nodes", *at)
+    assert code == EXIT_OK and [n["node_id"] for n in json.loads(out)["nodes"]] == ["n1"]
+    code, out, _ = await hub("dlq", "list", *at)
+    assert code == EXIT_OK and json.loads(out) == {"dead": []}
+
+
+async def test_exit_codes(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica()
+    at = ["--hub", addr(replica)]
+    code, _, err = await hub("get", "no-such-task", *at)
+    assert code == EXIT_NOT_FOUND and "not found" in err
+    code, _, err = await hub("submit", "bad kind!", *at)
+    assert code == EXIT_BAD_INPUT and "kind" in err
+    code, _, err = await hub("submit", "echo", "--payload", "{not json", *at)
+    assert code == EXIT_BAD_INPUT and "JSON" in err
+    # nobody runs it: the wait times out, the task is still queued
+    code, out, _ = await hub(
+        "submit", "echo", "--node", "absent", "--wait", "--timeout", "0.5", *at
+    )
+    assert code == EXIT_TIMEOUT and "queued" in out
+    (port,) = free_ports(1)
+    code, _, err = await hub("pool", "--hub", f"127.0.0.1:{port}")
+    assert code == EXIT_UNAVAILABLE and "UNAVAILABLE" in err
+
+
+async def test_a_failed_task_exits_1(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica()
+
+    async def boom(ctx: TaskContext) -> None:
+        raise Fail("no good", retry=False)
+
+    await e2e_hub.node(addr(replica), "n1", {"boom": boom})
+    code, out, _ = await hub("submit", "boom", "--wait", "--json", "--hub", addr(replica))
+    assert code == EXIT_TASK_FAILED
+    assert (json.loads(out)["status"], json.loads(out)["error"]) == ("failed", "no good")
+
+
+async def test_invalid_settings_name_the_variable() -> None:
+    code, _, err = await hub("serve", env={"HUB_ACK_WAIT_S": "-3"})
+    assert code == EXIT_BAD_INPUT and "HUB_ACK_WAIT_S" in err
+    code, _, err = await hub("serve", env={"HUB_NATS_SYNC": "sometimes"})
+    assert code == EXIT_BAD_INPUT and "HUB_NATS_SYNC" in err
