@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from hubtest import make_settings
+from hubtest import eventually, make_settings
 
 from hub.client import Client, channel_options
 from hub.config import Settings
@@ -234,12 +233,6 @@ async def wait_done(client: Client, task_id: str, *, timeout_s: float = STEP_S) 
 async def until(
     probe: Callable[[], Awaitable[Any]], *, timeout_s: float = STEP_S, interval_s: float = 0.05
 ) -> Any:
-    """Poll ``probe`` until it returns something truthy (bounded in time)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(interval_s)
+    """Poll ``probe`` until it returns something truthy (bounded in time): ``eventually`` with
+    this suite's step bound as the default."""
+    return await eventually(probe, timeout_s=timeout_s, interval_s=interval_s)
