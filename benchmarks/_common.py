@@ -28,6 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+# Every child we start execs a fresh interpreter, so gRPC's fork handlers buy nothing; with them
+# on, a process forked while our gRPC client threads were busy sometimes came up with a broken
+# poller ("epoll_wait error: Bad file descriptor") and never attached (replica_rss with 4 nodes
+# failed 3 runs in 3). Set before anything imports grpc; children inherit it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 SYNC_MODES = ("always", "1s")
 """Durability modes a benchmark accepts: `always` fsyncs each write, `1s` once a second."""
 

@@ -59,6 +59,7 @@ class HubRig:
         self.node_pids: list[int] = []
         self.addrs: list[str] = []
         self.clients: list[Client] = []
+        self.keep_logs = False  # set when start fails, so the logs it names are still there
 
     @property
     def nats_pid(self) -> int:
@@ -121,13 +122,15 @@ class HubRig:
         for pid in self.replica_pids:
             stop_pid(pid)
         await self.nats.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.keep_logs:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:
-            note(f"hub rig failed to start; logs were in {self.tmp}")
+            note(f"hub rig failed to start; logs kept in {self.tmp}")
+            self.keep_logs = True
             await self.stop()
             raise
         return self

@@ -65,9 +65,14 @@ async def run_rep(args: argparse.Namespace) -> dict[str, float]:
         writes = (await js.stream_info(stream)).state.last_seq - seq0
         await nc.close()
         s = Settings()
-        chunks, exact = 0, 0
+        chunks, exact, succeeded = 0, 0, 0
         for t, w in zip(ids, done, strict=True):
-            assert w.done and w.task.status == 4, f"task {t} did not succeed: {w.task}"  # SUCCEEDED
+            if not (w.done and w.task.status == 4):  # SUCCEEDED
+                # reported, not fatal: a task that lost its lease under the output flood is
+                # a finding (see `succeeded`), and the others' figures still stand
+                note(f"task {t} did not succeed: {w.task.status} attempt {w.task.attempt}")
+                continue
+            succeeded += 1
             n = json.loads(w.task.result)["chunks"]
             chunks += n
             task = await client.get(t, include_output=True)
@@ -85,7 +90,8 @@ async def run_rep(args: argparse.Namespace) -> dict[str, float]:
             "appends_per_s": chunks / elapsed,
             "appends_offered_per_s": chunks / args.seconds,
             "kv_writes_per_task_per_s": buffer_writes / args.tasks / elapsed,
-            "head_tail_exact": exact / args.tasks,
+            "head_tail_exact": exact / max(succeeded, 1),
+            "succeeded": succeeded / args.tasks,
             "elapsed_s": elapsed,
             "replica_cpu_s": cpu["replicas"],
         }
