@@ -33,6 +33,9 @@ __all__ = ("Fail", "Handler", "Node", "TaskContext")
 
 log = logging.getLogger(__name__)
 
+OUTPUT_BATCH_S = 0.05
+OUTPUT_BATCH_BYTES = 256 * 1024
+
 #: How long a node leaving a draining replica waits for it to close the stream.
 PART_TIMEOUT_S = 5.0
 
@@ -58,18 +61,42 @@ class TaskContext:
     #: The same head+tail the hub keeps, sent with the result so the journal ends up exact
     #: even if output messages were lost with a replica.
     output: dict[str, HeadTail] = field(default_factory=dict)
+    _unsent: dict[str, bytearray] = field(default_factory=dict)
+    _flush: asyncio.TimerHandle | None = None
 
     def json(self) -> Any:
         return json.loads(self.payload or b"null")
 
     def _output(self, stream: str, data: bytes | str) -> None:
+        """Output is sent in batches (one message per stream every OUTPUT_BATCH_S, or sooner
+        past OUTPUT_BATCH_BYTES): a chatty handler costs few messages, and heartbeats and
+        results never queue behind thousands of tiny chunks."""
         if isinstance(data, str):
             data = data.encode()
-        if data:
-            kept = self.output.get(stream, HeadTail(attempt=self.attempt))
-            self.output[stream] = kept.append(data, *self._limits)
-            out = pb.Output(task_id=self.task_id, attempt=self.attempt, stream=stream, data=data)
-            self._emit(pb.NodeMessage(output=out))
+        if not data:
+            return
+        kept = self.output.get(stream, HeadTail(attempt=self.attempt))
+        self.output[stream] = kept.append(data, *self._limits)
+        unsent = self._unsent.setdefault(stream, bytearray())
+        unsent += data
+        if len(unsent) >= OUTPUT_BATCH_BYTES:
+            self.send_output()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(OUTPUT_BATCH_S, self.send_output)
+
+    def send_output(self, *, discard: bool = False) -> None:
+        """Send what is batched now (before the result, so output always precedes it), or
+        drop it when the hub has taken the task away."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        for stream, unsent in self._unsent.items():
+            if unsent and not discard:
+                out = pb.Output(
+                    task_id=self.task_id, attempt=self.attempt, stream=stream, data=bytes(unsent)
+                )
+                self._emit(pb.NodeMessage(output=out))
+        self._unsent.clear()
 
     def thought(self, text: bytes | str) -> None:
         self._output("thoughts", text)
@@ -292,6 +319,7 @@ class Node:
             result.ok, result.result = True, _encode_result(value)
         except asyncio.CancelledError:
             if ctx.cancelled.is_set():
+                ctx.send_output(discard=True)
                 return  # the hub said stop: nothing to report
             raise
         except Fail as exc:
@@ -307,6 +335,7 @@ class Node:
             result.ok, result.error, result.retry = False, f"{type(exc).__name__}: {exc}", True
         if self.running.pop(ctx.task_id, None) is None:
             return
+        ctx.send_output()
         if self.limits != (0, 0):
             for name, kept in ctx.output.items():
                 getattr(result, name).CopyFrom(buffer_to_pb(kept))
