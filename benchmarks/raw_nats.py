@@ -60,10 +60,11 @@ from _common import (
     progress,
     run_async,
     spawn,
-    start_nats,
     stop_pid,
     summarize,
 )
+
+from hub.nats.server import EmbeddedNats
 
 THIS_FILE = str(Path(__file__).resolve())
 STREAM = "BENCH_TASKS"
@@ -365,7 +366,10 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     """One rep on a fresh nats-server: setup, start workers, warm up, measure, clean up."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-raw-nats-"))
     worker_pids: list[int] = []
-    url, server_pid, stop_server = start_nats(args.sync, tmp)
+    # The hub's own embedded server and configuration, so both sides run the same nats-server.
+    server = EmbeddedNats(tmp / "nats", sync=args.sync)
+    url = await server.start()
+    server_pid = server.pid
     try:
         nc = await nats.connect(url, name="bench-producer")
         await setup(nc.jetstream())
@@ -399,7 +403,7 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     finally:
         for pid in worker_pids:
             stop_pid(pid)
-        stop_server()
+        await server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
