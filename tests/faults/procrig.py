@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hubtest import eventually
+
 from hub.client import Client, ClientError
 from hub.dev.procs import HubProcess, node_process, replica_process
 from hub.v1 import common_pb2
@@ -123,16 +125,14 @@ class ProcRig:
 async def until(
     probe: Callable[[], Awaitable[Any]], *, timeout_s: float, interval_s: float = 0.1
 ) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """``eventually``, with a ClientError (a replica restarting) counted as "not yet"."""
+
+    async def tolerant() -> Any:
         with contextlib.suppress(ClientError):
-            value = await probe()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(interval_s)
+            return await probe()
+        return None
+
+    return await eventually(tolerant, timeout_s=timeout_s, interval_s=interval_s)
 
 
 async def statuses(client: Client, task_ids: Sequence[str]) -> dict[str, int]:
