@@ -26,6 +26,7 @@ import grpc
 from hub.buffers import HeadTail
 from hub.client import channel_options
 from hub.grpc.convert import buffer_to_pb
+from hub.grpc.outbox import Outbox, unbatch
 from hub.v1 import nodes_pb2 as pb
 from hub.v1 import nodes_pb2_grpc
 
@@ -143,7 +144,10 @@ class Node:
         self.completed = 0
         self._refs = itertools.count(1)
         # NodeMessages, and the object that ends one session's requests (see _session).
-        self._outbox: asyncio.Queue[pb.NodeMessage | object] = asyncio.Queue()
+        self._outbox: Outbox[pb.NodeMessage | object] = Outbox(
+            is_marker=lambda m: not isinstance(m, pb.NodeMessage),
+            size=lambda m: m.ByteSize() if isinstance(m, pb.NodeMessage) else 0,
+        )
         self._stopping = False
         self.replica_id = ""
         self.limits = (0, 0)  # the hub's journal head and tail bytes, from its welcome
@@ -187,17 +191,18 @@ class Node:
             call = stub.Connect(self._requests(end), metadata=self.metadata)
             heartbeat: asyncio.Task[None] | None = None
             try:
-                async for message in call:
-                    kind = message.WhichOneof("msg")
-                    if kind == "welcome":
-                        heartbeat = asyncio.create_task(self._heartbeats(message.welcome))
-                        self._welcomed(message.welcome)
-                    elif kind == "drain":
-                        log.info("node %s: drain: %s", self.node_id, message.drain.reason)
-                        await self._part(call, end)
-                        return
-                    else:
-                        self._on(message)
+                async for received in call:
+                    for message in unbatch(received):
+                        kind = message.WhichOneof("msg")
+                        if kind == "welcome":
+                            heartbeat = asyncio.create_task(self._heartbeats(message.welcome))
+                            self._welcomed(message.welcome)
+                        elif kind == "drain":
+                            log.info("node %s: drain: %s", self.node_id, message.drain.reason)
+                            await self._part(call, end)
+                            return
+                        else:
+                            self._on(message)
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
@@ -210,8 +215,9 @@ class Node:
         self._outbox.put_nowait(end)
         with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
             async with asyncio.timeout(PART_TIMEOUT_S):
-                async for message in call:
-                    self._on(message)
+                async for received in call:
+                    for message in unbatch(received):
+                        self._on(message)
 
     async def _requests(self, end: object) -> AsyncIterator[pb.NodeMessage]:
         running = [pb.TaskRef(task_id=t, attempt=c.attempt) for t, (c, _) in self.running.items()]
@@ -230,14 +236,18 @@ class Node:
             if ref in self._sent:
                 yield message
         while True:
-            message = await self._outbox.get()
-            if message is end:
+            batch = await self._outbox.get_batch()
+            if batch[0] is end:
                 return  # half-close: the replica reads to here, then ends the stream
-            if isinstance(message, pb.NodeMessage):
+            messages = [m for m in batch if isinstance(m, pb.NodeMessage)]
+            # (none: the end of an earlier session that broke before reaching it; skip it)
+            for message in messages:
                 if message.ref in self.unconfirmed:
                     self._sent.add(message.ref)
-                yield message
-            # else the end of an earlier session that broke before reaching it: skip it
+            if len(messages) == 1:
+                yield messages[0]
+            elif messages:
+                yield pb.NodeMessage(batch=pb.NodeBatch(messages=messages))
 
     def _welcomed(self, welcome: pb.Welcome) -> None:
         self.replica_id = welcome.replica_id

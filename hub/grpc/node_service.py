@@ -17,6 +17,7 @@ import grpc
 from hub.errors import HubError, InvalidTask
 from hub.grpc.convert import buffer_from_pb, priority_to_pb
 from hub.grpc.errors import code_for
+from hub.grpc.outbox import Outbox, unbatch
 from hub.model import Route, validate_node_id
 from hub.nodes import Nodes, NodeSession, Notice
 from hub.pool import Grant
@@ -26,6 +27,8 @@ from hub.v1 import nodes_pb2_grpc
 __all__ = ("NodeService",)
 
 log = logging.getLogger(__name__)
+
+_Outbox = Outbox[pb.HubMessage | None]  # None: end the stream
 
 HELLO_TIMEOUT_S = 10.0
 DRAIN_READ_S = 2.0
@@ -64,7 +67,9 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         request_iterator: AsyncIterator[pb.NodeMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.HubMessage]:
-        outbox: asyncio.Queue[pb.HubMessage | None] = asyncio.Queue()
+        outbox: _Outbox = Outbox(
+            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
+        )
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 first = await anext(aiter(request_iterator))
@@ -109,14 +114,17 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         reader = asyncio.create_task(self._read(session, request_iterator, outbox))
         try:
             while True:
-                message = await outbox.get()
-                if message is None:
+                batch = await outbox.get_batch()
+                if batch[0] is None:
                     # A drain (or the node closed its half): first read what the node sent
                     # before it saw the drain, so output in flight lands (bounded; a node
                     # that answers the drain closes its half at once).
                     await asyncio.wait({reader}, timeout=DRAIN_READ_S)
                     return
-                yield message
+                if len(batch) == 1:
+                    yield batch[0]
+                else:
+                    yield pb.HubMessage(batch=pb.HubBatch(messages=batch))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -127,11 +135,12 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         self,
         session: NodeSession,
         requests: AsyncIterator[pb.NodeMessage],
-        outbox: asyncio.Queue[pb.HubMessage | None],
+        outbox: _Outbox,
     ) -> None:
         try:
             async for message in requests:
-                self._handle(session, message, outbox)
+                for inner in unbatch(message):
+                    self._handle(session, inner, outbox)
         except Exception as exc:
             log.info("node stream broke node=%s: %s", session.node, exc)
         finally:
@@ -141,7 +150,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         self,
         session: NodeSession,
         message: pb.NodeMessage,
-        outbox: asyncio.Queue[pb.HubMessage | None],
+        outbox: _Outbox,
     ) -> None:
         kind = message.WhichOneof("msg")
         ref = message.ref
@@ -166,9 +175,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             return
         self.nodes.spawn(handler(session, message, outbox))
 
-    async def _claim(
-        self, session: NodeSession, message: pb.NodeMessage, outbox: asyncio.Queue
-    ) -> None:
+    async def _claim(self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox) -> None:
         task_id = message.claim.task_id
         try:
             outcome = await self.nodes.claim(session, task_id)
@@ -180,12 +187,12 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             outbox.put_nowait(pb.HubMessage(deny=pb.Deny(task_id=task_id, reason=outcome)))
 
     async def _decline(
-        self, session: NodeSession, message: pb.NodeMessage, outbox: asyncio.Queue
+        self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox
     ) -> None:
         await self.nodes.decline(session, message.decline.task_id)
 
     async def _heartbeat(
-        self, session: NodeSession, message: pb.NodeMessage, outbox: asyncio.Queue
+        self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox
     ) -> None:
         hb = message.heartbeat
         session.reported_free = hb.free_slots
@@ -194,9 +201,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             cancel = pb.Cancel(task_id=task_id, attempt=attempt, reason=reason)
             outbox.put_nowait(pb.HubMessage(cancel=cancel))
 
-    async def _result(
-        self, session: NodeSession, message: pb.NodeMessage, outbox: asyncio.Queue
-    ) -> None:
+    async def _result(self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox) -> None:
         r = message.result
         pool = self.nodes.pool
         try:
@@ -225,7 +230,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
             self.nodes.finished(session, r.task_id)
 
     async def _hand_back(
-        self, session: NodeSession, message: pb.NodeMessage, outbox: asyncio.Queue
+        self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox
     ) -> None:
         h = message.hand_back
         try:

@@ -92,7 +92,7 @@ class HandBack(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("ref", "hello", "claim", "decline", "heartbeat", "output", "result", "hand_back")
+    __slots__ = ("ref", "hello", "claim", "decline", "heartbeat", "output", "result", "hand_back", "batch")
     REF_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class NodeMessage(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     HAND_BACK_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     ref: int
     hello: Hello
     claim: Claim
@@ -109,7 +110,14 @@ class NodeMessage(_message.Message):
     output: Output
     result: Result
     hand_back: HandBack
-    def __init__(self, ref: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., claim: _Optional[_Union[Claim, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., hand_back: _Optional[_Union[HandBack, _Mapping]] = ...) -> None: ...
+    batch: NodeBatch
+    def __init__(self, ref: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., claim: _Optional[_Union[Claim, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., hand_back: _Optional[_Union[HandBack, _Mapping]] = ..., batch: _Optional[_Union[NodeBatch, _Mapping]] = ...) -> None: ...
+
+class NodeBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[NodeMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[NodeMessage, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("replica_id", "heartbeat_s", "lease_s", "kept", "lost", "journal_head_bytes", "journal_tail_bytes")
@@ -204,7 +212,7 @@ class Drain(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class HubMessage(_message.Message):
-    __slots__ = ("welcome", "offer", "grant", "deny", "cancel", "done", "refused", "drain")
+    __slots__ = ("welcome", "offer", "grant", "deny", "cancel", "done", "refused", "drain", "batch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +221,7 @@ class HubMessage(_message.Message):
     DONE_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     offer: Offer
     grant: Grant
@@ -221,4 +230,11 @@ class HubMessage(_message.Message):
     done: Done
     refused: Refused
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., deny: _Optional[_Union[Deny, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    batch: HubBatch
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., deny: _Optional[_Union[Deny, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., batch: _Optional[_Union[HubBatch, _Mapping]] = ...) -> None: ...
+
+class HubBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[HubMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[HubMessage, _Mapping]]] = ...) -> None: ...
