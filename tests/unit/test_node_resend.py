@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from hub.grpc.outbox import unbatch
 from hub.node import Node
 from hub.v1 import nodes_pb2 as pb
 
@@ -27,13 +28,14 @@ def result(node: Node, ref: int) -> pb.NodeMessage:
 
 
 async def stream(node: Node) -> list[str]:
-    """What one session's request iterator sends, up to the half-close."""
+    """What one session's request iterator sends, up to the half-close (batches opened)."""
     node._outbox.put_nowait(END)
     sent = []
     async with asyncio.timeout(5):
-        async for message in node._requests(END):
-            kind = message.WhichOneof("msg")
-            sent.append(kind if kind != "output" else message.output.data.decode())
+        async for wire in node._requests(END):
+            for message in unbatch(wire):
+                kind = message.WhichOneof("msg")
+                sent.append(kind if kind != "output" else message.output.data.decode())
     return sent
 
 
