@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Self
@@ -10,10 +14,14 @@ import grpc
 
 from hub.errors import HubError
 from hub.grpc.convert import priority_to_pb
-from hub.model import Priority
+from hub.grpc.outbox import Outbox
+from hub.model import Priority, new_task_id
 from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 
 __all__ = ("Client", "ClientError")
+
+#: Pauses before submitting again on a new stream after the stream broke (then give up).
+SUBMIT_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 
 
 class ClientError(HubError):
@@ -31,12 +39,81 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
+class _SubmitStream:
+    """One SubmitStream call shared by every ``submit()`` of a client.
+
+    A unary call costs the replica about as much CPU as everything else it does for a task, so
+    concurrent submits share one stream instead: each is a SubmitCall with its own ref, and
+    calls queued while the stream was writing go out as one message (the reverse for replies).
+    When the stream ends, every call still open fails with its status.
+    """
+
+    def __init__(self, stub: tasks_pb2_grpc.TaskServiceStub, metadata: tuple) -> None:
+        self.pending: dict[int, asyncio.Future[tasks_pb2.SubmitResponse]] = {}
+        self.outbox: Outbox[tasks_pb2.SubmitCall | None] = Outbox(
+            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
+        )
+        self.refs = itertools.count(1)
+        self.closed = False
+        self.call = stub.SubmitStream(self._calls(), metadata=metadata)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def submit(
+        self, request: tasks_pb2.SubmitRequest, timeout_s: float
+    ) -> tasks_pb2.SubmitResponse:
+        ref = next(self.refs)
+        future = self.pending[ref] = asyncio.get_running_loop().create_future()
+        self.outbox.put_nowait(tasks_pb2.SubmitCall(ref=ref, request=request))
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                return await future
+        except TimeoutError:
+            raise ClientError("DEADLINE_EXCEEDED", "no answer to submit in time") from None
+        finally:
+            self.pending.pop(ref, None)
+
+    async def _calls(self) -> AsyncIterator[tasks_pb2.SubmitCalls]:
+        while True:
+            calls = await self.outbox.get_batch()
+            if calls[0] is None:
+                return
+            yield tasks_pb2.SubmitCalls(calls=calls)
+
+    async def _read(self) -> None:
+        error = ClientError("UNAVAILABLE", "the submit stream ended")
+        try:
+            async for batch in self.call:
+                for reply in batch.replies:
+                    future = self.pending.get(reply.ref)
+                    if future is None or future.done():
+                        continue
+                    if reply.code:
+                        future.set_exception(ClientError(reply.code, reply.message))
+                    else:
+                        future.set_result(reply.response)
+        except grpc.aio.AioRpcError as exc:
+            error = ClientError(exc.code().name, exc.details() or "")
+        finally:
+            self.closed = True
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(error)
+
+    async def close(self) -> None:
+        self.closed = True
+        self.outbox.put_nowait(None)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
 class Client:
     def __init__(self, addr: str, *, token: str = "", timeout_s: float = 30.0) -> None:
         self.addr, self.timeout_s = addr, timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.channel = grpc.aio.insecure_channel(addr, options=channel_options())
         self.stub = tasks_pb2_grpc.TaskServiceStub(self.channel)
+        self._submits: _SubmitStream | None = None
 
     async def _call(self, method: str, request: object, timeout_s: float | None = None) -> object:
         try:
@@ -71,8 +148,31 @@ class Client:
             timeout_s=timeout_s,
             wait_s=wait_s,
         )
-        deadline = self.timeout_s + wait_s if wait_s else None
-        return await self._call("Submit", request, deadline)  # type: ignore[return-value]
+        return await self._submit_with_retry(request, self.timeout_s + wait_s)
+
+    async def _submit_with_retry(
+        self, request: tasks_pb2.SubmitRequest, timeout_s: float
+    ) -> tasks_pb2.SubmitResponse:
+        """Over the shared stream; when the stream breaks (a replica restarting), submit again
+        on a new one: safe, because the task id is fixed before the first try."""
+        if not request.task_id:
+            request.task_id = new_task_id()
+        deadline = time.monotonic() + timeout_s
+        for delay in (*SUBMIT_RETRY_DELAYS_S, None):
+            try:
+                return await self._stream().submit(request, deadline - time.monotonic())
+            except ClientError as exc:
+                if exc.code != "UNAVAILABLE" or delay is None:
+                    raise
+                if time.monotonic() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _stream(self) -> _SubmitStream:
+        if self._submits is None or self._submits.closed:
+            self._submits = _SubmitStream(self.stub, self.metadata)
+        return self._submits
 
     async def get(self, task_id: str, *, include_output: bool = False) -> common_pb2.Task:
         request = tasks_pb2.GetRequest(task_id=task_id, include_output=include_output)
@@ -121,6 +221,8 @@ class Client:
         return response.purged  # type: ignore[attr-defined]
 
     async def close(self) -> None:
+        if self._submits is not None:
+            await self._submits.close()
         await self.channel.close()
 
     async def __aenter__(self) -> Self:

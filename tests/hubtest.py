@@ -130,8 +130,9 @@ async def take_all(pool: Pool, node: str, count: int, *, timeout_s: float, **kwa
 
 
 class TcpProxy:
-    """A loopback TCP proxy to a NATS server whose link can be cut and healed: a network fault
-    for one client while the server and every other client carry on (not a NATS mock).
+    """A loopback TCP proxy (to a NATS server or a replica's gRPC port) whose link can be cut
+    and healed: a network fault for one client while the server and every other client carry
+    on (not a NATS or gRPC mock).
 
     While cut, the proxy does not listen at all, so reconnect attempts are refused outright.
     """
@@ -181,6 +182,13 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for writer in list(self._links):
+            writer.close()
+        self._links.clear()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def blip(self) -> None:
+        """Drop every link but keep listening: the next connection attempt goes through."""
         for writer in list(self._links):
             writer.close()
         self._links.clear()

@@ -11,7 +11,7 @@ import grpc
 
 from hub import errors
 
-__all__ = ("CODES", "code_for", "grpc_errors", "grpc_stream_errors")
+__all__ = ("CODES", "code_for", "grpc_errors", "grpc_stream_errors", "status_for")
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,13 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _details(exc: BaseException) -> str:
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and details a client sees for ``exc``; an internal error is logged here and
+    reaches the client without its traceback."""
     if isinstance(exc, errors.HubError):
-        return str(exc)
+        return code_for(exc), str(exc)
     log.exception("internal error", exc_info=exc)
-    return "internal error (logged by the hub)"
+    return code_for(exc), "internal error (logged by the hub)"
 
 
 R = TypeVar("R")
@@ -60,7 +62,7 @@ def grpc_errors(handler: Handler[R]) -> Handler[R]:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await context.abort(code_for(exc), _details(exc))
+            await context.abort(*status_for(exc))
             raise AssertionError("unreachable") from exc
 
     return wrapped
@@ -79,6 +81,6 @@ def grpc_stream_errors(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await context.abort(code_for(exc), _details(exc))
+            await context.abort(*status_for(exc))
 
     return wrapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -10,11 +11,13 @@ import nats.js.errors
 
 from hub.errors import TaskExpired
 from hub.grpc.convert import dead_to_pb, expired_task, record_to_pb, spec_from_pb
-from hub.grpc.errors import grpc_errors, grpc_stream_errors
+from hub.grpc.errors import grpc_errors, grpc_stream_errors, status_for
+from hub.grpc.outbox import Outbox
 from hub.journal import BUFFERS
 from hub.nats.errors import nats_errors
 from hub.pool import Pool
 from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from hub.v1.tasks_pb2 import SubmitResponse
 
 __all__ = ("TaskService",)
 
@@ -42,18 +45,68 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
         stdout, thoughts = [(await self.journal.read_buffer(task_id, n))[0] for n in BUFFERS]
         return record_to_pb(record, stdout, thoughts)
 
-    @grpc_errors
-    async def Submit(self, request, context):
+    async def _submit(self, request: tasks_pb2.SubmitRequest, wait_s: float) -> SubmitResponse:
         record, created = await self.pool.submit(spec_from_pb(request))
-        if request.wait_s > 0 and not record.terminal:
+        if wait_s > 0 and not record.terminal:
             try:
-                record = await self.journal.wait(record.id, _bounded(request.wait_s, context))
+                record = await self.journal.wait(record.id, wait_s)
             except TaskExpired:
                 task = expired_task(record.id)
-                return tasks_pb2.SubmitResponse(task=task, created=created, done=True)
-        return tasks_pb2.SubmitResponse(
-            task=record_to_pb(record), created=created, done=record.terminal
+                return SubmitResponse(task=task, created=created, done=True)
+        return SubmitResponse(task=record_to_pb(record), created=created, done=record.terminal)
+
+    @grpc_errors
+    async def Submit(self, request, context):
+        return await self._submit(request, _bounded(request.wait_s, context))
+
+    async def SubmitStream(
+        self,
+        request_iterator: AsyncIterator[tasks_pb2.SubmitCalls],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[tasks_pb2.SubmitReplies]:
+        """Each call runs as its own task; replies go out as they finish, batched by the
+        outbox. The stream ends once the client closed its half and every call is answered;
+        a cancelled stream cancels the calls still waiting."""
+        outbox: Outbox[tasks_pb2.SubmitReply | None] = Outbox(
+            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
         )
+        calls: set[asyncio.Task[None]] = set()
+
+        async def answer(call: tasks_pb2.SubmitCall) -> None:
+            try:
+                response = await self._submit(call.request, call.request.wait_s)
+            except Exception as exc:
+                code, details = status_for(exc)
+                outbox.put_nowait(
+                    tasks_pb2.SubmitReply(ref=call.ref, code=code.name, message=details)
+                )
+            else:
+                outbox.put_nowait(tasks_pb2.SubmitReply(ref=call.ref, response=response))
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    for call in batch.calls:
+                        task = asyncio.ensure_future(answer(call))
+                        calls.add(task)
+                        task.add_done_callback(calls.discard)
+                while calls:
+                    await asyncio.wait(set(calls))
+            finally:
+                outbox.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                replies = await outbox.get_batch()
+                if replies[0] is None:
+                    return
+                yield tasks_pb2.SubmitReplies(replies=replies)
+        finally:
+            reader.cancel()
+            for task in list(calls):
+                task.cancel()
+            await asyncio.gather(reader, *calls, return_exceptions=True)
 
     @grpc_errors
     async def Get(self, request, context):

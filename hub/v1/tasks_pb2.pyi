@@ -37,6 +37,38 @@ class SubmitResponse(_message.Message):
     done: bool
     def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., created: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
 
+class SubmitCall(_message.Message):
+    __slots__ = ("ref", "request")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    request: SubmitRequest
+    def __init__(self, ref: _Optional[int] = ..., request: _Optional[_Union[SubmitRequest, _Mapping]] = ...) -> None: ...
+
+class SubmitCalls(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[SubmitCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[SubmitCall, _Mapping]]] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("ref", "response", "code", "message")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    response: SubmitResponse
+    code: str
+    message: str
+    def __init__(self, ref: _Optional[int] = ..., response: _Optional[_Union[SubmitResponse, _Mapping]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SubmitReplies(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[SubmitReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[SubmitReply, _Mapping]]] = ...) -> None: ...
+
 class GetRequest(_message.Message):
     __slots__ = ("task_id", "include_output")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

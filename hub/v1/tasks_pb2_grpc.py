@@ -40,6 +40,11 @@ class TaskServiceStub:
                 request_serializer=hub_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=hub_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/hub.v1.TaskService/SubmitStream',
+                request_serializer=hub_dot_v1_dot_tasks__pb2.SubmitCalls.SerializeToString,
+                response_deserializer=hub_dot_v1_dot_tasks__pb2.SubmitReplies.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/hub.v1.TaskService/Get',
                 request_serializer=hub_dot_v1_dot_tasks__pb2.GetRequest.SerializeToString,
@@ -92,6 +97,15 @@ class TaskServiceServicer:
 
     def Submit(self, request, context):
         """Idempotent on task_id: a repeat returns the existing task (created = false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Many submits over one long-lived stream, the SDK's way: each call is answered by a reply
+        with its ref, in the order they finish (with wait_s: once the task is terminal). Both
+        ends send what queued up while they were writing as one message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +174,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=hub_dot_v1_dot_tasks__pb2.SubmitRequest.FromString,
                     response_serializer=hub_dot_v1_dot_tasks__pb2.SubmitResponse.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=hub_dot_v1_dot_tasks__pb2.SubmitCalls.FromString,
+                    response_serializer=hub_dot_v1_dot_tasks__pb2.SubmitReplies.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -234,6 +253,33 @@ class TaskService:
             '/hub.v1.TaskService/Submit',
             hub_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
             hub_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hub.v1.TaskService/SubmitStream',
+            hub_dot_v1_dot_tasks__pb2.SubmitCalls.SerializeToString,
+            hub_dot_v1_dot_tasks__pb2.SubmitReplies.FromString,
             options,
             channel_credentials,
             insecure,

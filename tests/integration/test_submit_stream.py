@@ -1,0 +1,149 @@
+"""SubmitStream, the SDK's submit path: many submits over one stream, each answered by its ref.
+
+A bad call gets its own error reply and changes nothing, while the calls beside it in the same
+message go through; the stream ends once the client closed its half and every call is answered;
+a client whose stream broke submits again on a new one, with the task id fixed before the first
+try (so the retry cannot create a second task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from grpchub import STEP_S, GrpcHub, addr
+from hubtest import TcpProxy, eventually
+
+from hub.client import Client, ClientError
+from hub.dev.cluster import free_ports
+from hub.node import TaskContext
+from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def echo(ctx: TaskContext) -> bytes:
+    return ctx.payload
+
+
+def call(ref: int, **fields: object) -> tasks_pb2.SubmitCall:
+    request = tasks_pb2.SubmitRequest(kind="echo", payload=f"p{ref}".encode(), **fields)
+    return tasks_pb2.SubmitCall(ref=ref, request=request)
+
+
+async def replies_until_end(
+    calls: list[tasks_pb2.SubmitCall], stub: tasks_pb2_grpc.TaskServiceStub
+) -> list[tasks_pb2.SubmitReply]:
+    """Send the calls as one message, half-close, and read every reply until the server ends."""
+
+    async def requests() -> AsyncIterator[tasks_pb2.SubmitCalls]:
+        yield tasks_pb2.SubmitCalls(calls=calls)
+
+    out = []
+    async with asyncio.timeout(STEP_S):
+        async for batch in stub.SubmitStream(requests()):
+            out.extend(batch.replies)
+    return out
+
+
+async def test_a_bad_call_fails_alone_and_changes_nothing(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica()
+    stub = tasks_pb2_grpc.TaskServiceStub(e2e_hub.channel(replica))
+    calls = [
+        call(1, task_id="good-1"),
+        call(2, task_id="a.b"),  # a dot would reach other tasks' keys
+        call(3, task_id="good-3", max_attempts=5000),
+        call(4, task_id="good-4"),
+    ]
+    replies = {r.ref: r for r in await replies_until_end(calls, stub)}
+    assert sorted(replies) == [1, 2, 3, 4]
+    assert replies[2].code == replies[3].code == "INVALID_ARGUMENT"
+    assert replies[2].message and "Traceback" not in replies[2].message
+    for ref in (1, 4):
+        assert not replies[ref].code
+        assert replies[ref].response.created
+        assert replies[ref].response.task.task_id == f"good-{ref}"
+        assert replies[ref].response.task.status == common_pb2.QUEUED
+    assert await e2e_hub.stream_messages(replica) == 2
+    assert await e2e_hub.journal_messages(replica) == 2
+
+
+async def test_the_stream_ends_only_after_every_waiting_call_is_answered(
+    e2e_hub: GrpcHub,
+) -> None:
+    replica = await e2e_hub.replica()
+    stub = tasks_pb2_grpc.TaskServiceStub(e2e_hub.channel(replica))
+    await e2e_hub.node(addr(replica), "n1", {"echo": echo}, slots=4)
+    calls = [call(ref, wait_s=STEP_S) for ref in range(1, 6)]
+    replies = await replies_until_end(calls, stub)
+    assert sorted(r.ref for r in replies) == [1, 2, 3, 4, 5]
+    for reply in replies:
+        assert reply.response.done and reply.response.task.status == common_pb2.SUCCEEDED
+        assert reply.response.task.result == f"p{reply.ref}".encode()
+
+
+async def test_concurrent_submits_share_one_stream(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica()
+    await e2e_hub.node(addr(replica), "n1", {"echo": echo}, slots=8)
+    client = e2e_hub.client(replica)
+    payloads = [f"task {i}".encode() for i in range(40)]
+    async with asyncio.timeout(STEP_S * 2):
+        done = await asyncio.gather(*(client.submit("echo", p, wait_s=STEP_S) for p in payloads))
+    assert [d.task.result for d in done] == payloads
+    assert all(d.done and d.created for d in done)
+    assert client._submits is not None and not client._submits.closed
+    first = client._submits
+    await client.submit("echo", b"one more")
+    assert client._submits is first  # still the same stream
+
+
+async def test_unauthenticated_stream_fails_every_call(e2e_hub: GrpcHub) -> None:
+    replica = await e2e_hub.replica(token="s3cret")
+    client = e2e_hub.client(replica, token="wrong")
+    results = await asyncio.gather(
+        *(client.submit("echo", b"x") for _ in range(3)), return_exceptions=True
+    )
+    assert [getattr(r, "code", r) for r in results] == ["UNAUTHENTICATED"] * 3
+    assert await e2e_hub.journal_messages(replica) == 0
+
+
+async def test_a_broken_stream_is_replaced_and_the_retry_keeps_the_task_id(
+    e2e_hub: GrpcHub,
+) -> None:
+    replica = await e2e_hub.replica()
+    proxy = await TcpProxy(replica.port).start()
+    try:
+        client = e2e_hub.client(f"127.0.0.1:{proxy.port}")
+        waiting = asyncio.ensure_future(client.submit("echo", b"orphan", wait_s=STEP_S))
+        await eventually(lambda: e2e_hub.stream_messages(replica), timeout_s=STEP_S)
+        first = client._submits
+        await proxy.blip()  # the stream breaks while the submit waits for a node
+        await eventually(lambda: _closed(first), timeout_s=STEP_S)
+        # The submit went again on a new stream with the same task id: still one task queued.
+        await eventually(lambda: _replaced(client, first), timeout_s=STEP_S)
+        assert await e2e_hub.stream_messages(replica) == 1
+        await e2e_hub.node(addr(replica), "n1", {"echo": echo})
+        async with asyncio.timeout(STEP_S):
+            done = await waiting
+        assert done.done and done.task.result == b"orphan"
+        assert await e2e_hub.stream_messages(replica) == 0
+    finally:
+        await proxy.close()
+
+
+async def _closed(stream: object) -> bool:
+    return bool(getattr(stream, "closed", False))
+
+
+async def _replaced(client: Client, first: object) -> bool:
+    return client._submits is not None and client._submits is not first
+
+
+async def test_a_hub_that_is_gone_fails_fast_with_unavailable(e2e_hub: GrpcHub) -> None:
+    (port,) = free_ports(1)
+    client = e2e_hub.client(f"127.0.0.1:{port}")
+    with pytest.raises(ClientError) as err:
+        async with asyncio.timeout(STEP_S):
+            await client.submit("echo", b"x", wait_s=60)
+    assert err.value.code == "UNAVAILABLE"
