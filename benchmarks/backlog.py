@@ -69,16 +69,21 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
             return sum([(await js.stream_info(s)).state.messages for s in streams])
 
         assert await left() == backlog, "queued tasks missing from the work-queue streams"
+        meter = CpuMeter(rig.cpu_groups(os.getpid()))
+        meter.start()
+        t0 = time.perf_counter()
         for i in range(args.nodes):
             await rig.start_node(f"bench-n{i}", i)
         # the clock starts at the first finished task: node start-up is not claim cost
         while (n0 := await left()) == backlog:  # noqa: ASYNC110 (polls NATS, not us)
             await asyncio.sleep(0.005)
-        measure = min(measure, n0)
-        meter = CpuMeter(rig.cpu_groups(os.getpid()))
-        meter.start()
-        t0 = time.perf_counter()
-        target = n0 - measure
+        if n0:
+            measure = min(measure, n0)
+            meter.start()
+            t0 = time.perf_counter()
+        else:  # a tiny backlog, gone before the first poll saw it move: count from node start
+            measure = backlog
+        target = max(n0 - measure, 0)
         while await left() > target:  # noqa: ASYNC110 (polls NATS, not us)
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - t0

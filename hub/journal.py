@@ -25,7 +25,6 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from hub.buffers import HeadTail
 from hub.config import Settings
@@ -40,6 +39,7 @@ from hub.lifecycle import fence
 from hub.model import TaskRecord
 from hub.nats import subjects
 from hub.nats.errors import is_wrong_last_sequence, retrying
+from hub.nats.requests import Requests
 
 __all__ = ("BUFFERS", "Journal", "WatchEvent")
 
@@ -49,6 +49,7 @@ BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
 CACHE_SIZE = 20_000
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
 
 Update = Callable[[TaskRecord], TaskRecord]
@@ -136,6 +137,7 @@ class Journal:
 
     def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
         self.nc, self.js, self.settings = nc, js, settings
+        self.requests = Requests(nc)
         self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
         self.records = RecordCache()
         self._waiters: dict[str, set[asyncio.Queue[Msg | None]]] = {}
@@ -190,17 +192,19 @@ class Journal:
         unique in practice (records carry timestamps), so the comparison does not mistake
         another writer's value for ours.
         """
-        ttl = math.ceil(ttl_s) if ttl_s else None
         headers = {EXPECTED_LAST: str(last)}
+        if ttl_s:
+            headers[HEADER_TTL] = str(math.ceil(ttl_s))
+        subject, timeout_s = self._subject(key), self.settings.request_timeout_s
         tries = 0
 
-        def publish() -> Awaitable[PubAck]:
+        def publish() -> Awaitable[int]:
             nonlocal tries
             tries += 1
-            return self.js.publish(self._subject(key), value, headers=headers, msg_ttl=ttl)
+            return self.requests.publish(subject, value, timeout_s=timeout_s, headers=headers)
 
         try:
-            revision = (await self._retrying(f"write {key}", publish)).seq
+            revision = await self._retrying(f"write {key}", publish)
         except nats.js.errors.APIError as exc:
             if tries < 2 or not is_wrong_last_sequence(exc):
                 raise

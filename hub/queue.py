@@ -26,6 +26,7 @@ from hub.errors import InvalidTask
 from hub.model import Priority, Route, TaskRecord
 from hub.nats import subjects
 from hub.nats.errors import nats_errors, retrying
+from hub.nats.requests import Requests
 from hub.nats.subjects import ConsumerName
 
 __all__ = ("DeadLetter", "Delivery", "Queue")
@@ -140,6 +141,7 @@ async def _unsubscribe(sub: Subscription) -> None:
 class Queue:
     def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
         self.nc, self.js, self.settings = nc, js, settings
+        self.requests = Requests(nc)
         self._pullers: dict[tuple[str, str], _Puller] = {}
 
     async def publish(self, record: TaskRecord, payload: bytes) -> int:
@@ -160,12 +162,12 @@ class Queue:
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
         """Publish with the same id through timeouts and leader elections (the message id
         makes a repeat of a publish that did land a duplicate, which the stream drops)."""
-        ack = await retrying(
+        timeout_s = self.settings.request_timeout_s
+        return await retrying(
             f"publish {subject}",
-            lambda: self.js.publish(subject, payload, headers=headers),
+            lambda: self.requests.publish(subject, payload, timeout_s=timeout_s, headers=headers),
             closed=lambda: self.nc.is_closed,
         )
-        return ack.seq
 
     async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:
         puller = self._pullers.get((name.stream, name.durable))
@@ -201,9 +203,10 @@ class Queue:
     async def ack(self, ack_subject: str) -> None:
         """Confirmed ack: the message is gone from the work queue when this returns. Retried
         through an election: a second ack of the same message is answered and changes nothing."""
+        timeout_s = self.settings.request_timeout_s
         await retrying(
             "ack",
-            lambda: self.nc.request(ack_subject, b"+ACK", timeout=self.settings.request_timeout_s),
+            lambda: self.requests.request(ack_subject, b"+ACK", timeout_s=timeout_s),
             closed=lambda: self.nc.is_closed,
         )
 

@@ -26,7 +26,6 @@ from typing import Any
 import nats.errors
 import pytest
 from hubtest import Core, eventually, make_settings, open_core
-from nats.js.api import PubAck
 
 from hub.dev.cluster import NatsCluster
 from hub.errors import HubError, Unavailable
@@ -261,18 +260,18 @@ def reply_lost_once(
 ) -> list[int]:
     """Make the journal's next publish be stored but reported as a timeout (its reply lost in an
     election or a disconnect), running ``before_raise`` in between; the stored revisions."""
-    real: Callable[..., Awaitable[PubAck]] = journal.js.publish
+    real: Callable[..., Awaitable[int]] = journal.requests.publish
     stored: list[int] = []
 
-    async def publish(*args: Any, **kwargs: Any) -> PubAck:
-        ack = await real(*args, **kwargs)
-        stored.append(ack.seq)
+    async def publish(*args: Any, **kwargs: Any) -> int:
+        seq = await real(*args, **kwargs)
+        stored.append(seq)
         if len(stored) == 1:
             await before_raise()
             raise nats.errors.TimeoutError
-        return ack
+        return seq
 
-    monkeypatch.setattr(journal.js, "publish", publish)
+    monkeypatch.setattr(journal.requests, "publish", publish)
     return stored
 
 

@@ -1,0 +1,102 @@
+"""Request/reply for the hot path: journal writes, task publishes and confirmed acks.
+
+Every task costs the replica several awaited NATS requests, and nats-py's ``request()`` spends
+more Python CPU on each than nats-server does: a random token from ``os.urandom`` per call, a
+done-callback, ``asyncio.wait_for`` with its extra future, and for JetStream a ``PubAck``
+dataclass built by reflection. Here one wildcard inbox carries every reply, tokens come from a
+counter, a timer handle bounds the wait, and a publish ack is read as plain JSON. The errors
+raised are nats-py's own, so ``hub.nats.errors`` treats them as it treats nats-py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+__all__ = ("Requests",)
+
+
+def _time_out(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
+
+
+class Requests:
+    """Requests over one connection; the inbox subscription is made on first use (and nats-py
+    renews it after a reconnect)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
+        self._subscribed: asyncio.Future[None] | None = None
+
+    async def _subscribe(self) -> None:
+        if self._subscribed is None:
+            self._subscribed = asyncio.get_running_loop().create_future()
+            prefix = self.nc.new_inbox() + "."
+            try:
+                await self.nc.subscribe(prefix + "*", cb=self._reply)
+            except BaseException as exc:
+                self._subscribed.set_exception(exc)
+                self._subscribed = None
+                raise
+            self._prefix = prefix
+            self._subscribed.set_result(None)
+        await self._subscribed
+
+    async def _reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> Msg:
+        if not self._prefix:
+            await self._subscribe()
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout_s, _time_out, future)
+        try:
+            await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """A JetStream publish: the stream sequence it was stored at (or, for a duplicate
+        message id, the original's), or the stream's error as nats-py raises it."""
+        try:
+            msg = await self.request(subject, payload, timeout_s=timeout_s, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises
+        return int(answer["seq"])
