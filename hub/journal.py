@@ -19,7 +19,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -120,6 +120,16 @@ class RecordCache:
             known.record, known.raw = TaskRecord.from_json(known.raw), b""
         return known.record, known.revision
 
+    def has(self, task_id: str, revision: int) -> bool:
+        """Whether this revision is known, decoded and current (as our own writes are)."""
+        known = self._known.get(task_id)
+        return (
+            known is not None
+            and known.revision == revision
+            and known.record is not None
+            and known.epoch == self.epoch
+        )
+
     def forget(self, task_id: str) -> None:
         self._known.pop(task_id, None)
 
@@ -140,7 +150,9 @@ class Journal:
         self.requests = Requests(nc)
         self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
         self.records = RecordCache()
-        self._waiters: dict[str, set[asyncio.Queue[Msg | None]]] = {}
+        # Per task: the queues of its waiters, fed with feed messages, our own committed
+        # records, or None for "re-read" (after a reconnect).
+        self._waiters: dict[str, set[asyncio.Queue[Msg | TaskRecord | None]]] = {}
         self._feed_started = False
         self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
         self._pending: dict[tuple[str, str], _Pending] = {}
@@ -148,7 +160,7 @@ class Journal:
         # One flush at a time per buffer: concurrent flushes of one key would race their
         # compare-and-sets (reordering chunks, or dropping them after CAS_RETRIES conflicts).
         self._flushing: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
-        self._reread: set[asyncio.Queue[Msg | None]] = set()
+        self._reread: set[asyncio.Queue[Any]] = set()  # every waiter and watcher
         self.writes = 0
         # Direct gets are answered by any replica, and a follower may not have applied a write
         # the leader already acknowledged: on a 3-server cluster a read right after another
@@ -223,6 +235,14 @@ class Journal:
     def _remember(self, record: TaskRecord, revision: int) -> None:
         self.records.store(record.id, revision, record)
 
+    def _wrote(self, record: TaskRecord, revision: int) -> None:
+        """A write of ours committed: remember it, and hand it to this replica's waiters now
+        rather than when its echo comes back through the feed (one NATS hop less for a Wait
+        answered by the replica that wrote the result)."""
+        self._remember(record, revision)
+        for queue in self._waiters.get(record.id, ()):
+            queue.put_nowait(record)
+
     async def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         """Record a new task; if the id exists, the existing record and False (idempotent)."""
         try:
@@ -232,7 +252,7 @@ class Journal:
                 raise
             existing, _ = await self.read(record.id, fresh=True)
             return existing, False
-        self._remember(record, revision)
+        self._wrote(record, revision)
         return record, True
 
     async def read(self, task_id: str, *, fresh: bool = False) -> tuple[TaskRecord, int]:
@@ -283,7 +303,7 @@ class Journal:
                 self.records.forget(task_id)
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            self._remember(new, revision)
+            self._wrote(new, revision)
             return new
         raise Conflict(f"task {task_id!r}: journal update kept conflicting")
 
@@ -471,7 +491,7 @@ class Journal:
             return
         if not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS):
             self.records.store(task_id, revision, None)
-        else:
+        elif not self.records.has(task_id, revision):  # not the echo of our own write
             self.records.store(task_id, revision, None, msg.data)
         for queue in self._waiters.get(task_id, ()):
             queue.put_nowait(msg)
@@ -510,7 +530,7 @@ class Journal:
         an unknown task raises TaskNotFound at once, an expired one TaskExpired.
         """
         await self.start()
-        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        queue: asyncio.Queue[Msg | TaskRecord | None] = asyncio.Queue()
         waiters = self._waiters.setdefault(task_id, set())
         waiters.add(queue)
         self._reread.add(queue)
@@ -519,11 +539,13 @@ class Journal:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     while not record.terminal:
-                        msg = await queue.get()
-                        if msg is None:
+                        item = await queue.get()
+                        if item is None:
                             record = await self._reread_record(task_id, record)
+                        elif isinstance(item, TaskRecord):
+                            record = item
                         else:
-                            record = self._from_feed(task_id, msg) or record
+                            record = self._from_feed(task_id, item) or record
             return record
         finally:
             self._reread.discard(queue)
