@@ -91,10 +91,11 @@ class Pool:
         self._cap_routes: dict[Priority, set[frozenset[str]]] = {p: set() for p in Priority}
         self._routes_at = 0.0
         self._bell_sub: object | None = None
-        # Priorities that may hold work this replica has not pulled: rung by the doorbell or a
-        # hand-back, cleared when every route of the priority came back short of its batch.
-        # The ring count guards against a bell that rings while the pull is in flight.
-        self._dirty: set[Priority] = set(Priority)
+        # Per priority, the routes that may hold work this replica has not pulled: rung by the
+        # doorbell or a hand-back (None: every route, after a rescan or an unreadable bell).
+        # A route is cleared when its pull came back short of its batch; the ring count guards
+        # against a bell that rings while the pull is in flight.
+        self._dirty: dict[Priority, set[Route | None]] = {p: {None} for p in Priority}
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._scanned_at = 0.0
 
@@ -110,11 +111,11 @@ class Pool:
         else:
             if route.capabilities:
                 self._cap_routes[priority].add(route.capabilities)
-            self._mark(priority)
+            self._mark(priority, route)
         self.bell.set()
 
-    def _mark(self, priority: Priority) -> None:
-        self._dirty.add(priority)
+    def _mark(self, priority: Priority, route: Route | None) -> None:
+        self._dirty[priority].add(route)
         self._rings[priority] += 1
 
     # -- submit -----------------------------------------------------------------------------
@@ -174,36 +175,44 @@ class Pool:
         now = time.monotonic()
         if now - self._scanned_at >= RESCAN_S:
             self._scanned_at = now
-            self._dirty.update(Priority)
+            for dirty in self._dirty.values():
+                dirty.add(None)
         for priority in self.scheduler.order():
             if not any(free.values()):
                 break
-            if priority not in self._dirty:
+            dirty = self._dirty[priority]
+            if not dirty:
                 # Nothing stored since its routes last came back short: an empty pull per
                 # route would cost a round trip each (4 priorities x routes per round).
                 self.scheduler.empty(priority)
                 continue
-            rings, drained, got = self._rings[priority], True, 0
-            for route in await self._routes(priority, takers):
+            rings, got, skipped = self._rings[priority], 0, False
+            drained: set[Route | None] = set()
+            routes = await self._routes(priority, takers)
+            for route in routes if None in dirty else [r for r in routes if r in dirty]:
                 eligible = [
                     t
                     for t in takers
                     if free.get(t.node, 0) > 0 and route.can_run_on(t.node, t.capabilities)
                 ]
                 if not eligible:
-                    drained = False  # not looked at: it may hold work for a taker to come
+                    skipped = True  # not looked at: it may hold work for a taker to come
                     continue
                 name = await self.topology.ensure_consumer(priority, route)
                 batch = sum(free[t.node] for t in eligible)
                 pulled = await self.queue.pull(name, batch)
-                drained = drained and len(pulled) < batch
+                if len(pulled) < batch:
+                    drained.add(route)
                 for delivery in pulled:
                     taker = max(eligible, key=lambda t: free[t.node])
                     free[taker.node] -= 1
                     out.append((taker.node, delivery))
                     got += 1
-            if drained and self._rings[priority] == rings:
-                self._dirty.discard(priority)
+            if self._rings[priority] == rings:
+                if not skipped and drained.issuperset(routes):
+                    dirty.clear()
+                else:  # (a rung route no taker here can run is left to the rescan)
+                    dirty.intersection_update({*routes, None} - drained)
             if got:
                 self.scheduler.served(priority, got)
             else:
@@ -269,7 +278,7 @@ class Pool:
     async def unoffer(self, delivery: Delivery) -> None:
         """An offer nobody claimed goes straight back to the queue."""
         await self.queue.nak(delivery.ack_subject)
-        self._mark(delivery.priority)
+        self._mark(delivery.priority, delivery.route)
 
     # -- run --------------------------------------------------------------------------------
 
@@ -353,7 +362,7 @@ class Pool:
         """Act on the message after a failure or hand-back was recorded."""
         if record.status is Status.QUEUED:
             await self.queue.nak(record.ack_subject, delay_s)
-            self._mark(record.priority)  # a delayed one is found by the periodic rescan
+            self._mark(record.priority, record.route)  # a delayed one: the periodic rescan
         elif record.status is Status.DEAD:
             await self._bury(record.id, record.ack_subject, None)
         else:

@@ -21,6 +21,7 @@ from hubtest import eventually, make_settings
 
 from hub.client import Client, channel_options
 from hub.config import Settings
+from hub.grpc.outbox import unbatch
 from hub.model import Priority
 from hub.nats import subjects
 from hub.node import Handler, Node
@@ -208,7 +209,7 @@ class RawNode:
                 message = await self.call.read()
                 if message is grpc.aio.EOF:
                     raise AssertionError(f"stream ended while waiting for {kind}")
-                self.received.append(message)
+                self.received.extend(unbatch(message))  # the hub batches what queued up
 
     async def offer_and_claim(self, task_id: str) -> nodes_pb2.Grant:
         await self.expect("offer", lambda o: o.task_id == task_id)
