@@ -358,7 +358,8 @@ class Journal:
             task = self._flushers.pop(key, None)
             if task is not None:
                 task.cancel()
-            await self._flush_key(key)
+            if key in self._pending or key in self._flushing:  # else nothing to write or wait for
+                await self._flush_key(key)
 
     async def flush_all(self) -> None:
         """Write every task's pending output now: a replica stopping keeps what it accepted."""
