@@ -42,6 +42,15 @@ class HeadTail:
         tail = (self.tail + rest)[-tail_max:] if tail_max else b""
         return HeadTail(head=head, tail=tail, total=self.total + len(data), attempt=self.attempt)
 
+    def extend(self, other: HeadTail, head_max: int, tail_max: int) -> HeadTail:
+        """Append a stream of which only ``other``, a head+tail view kept with the same limits,
+        is held: the result is byte for byte what appending the whole stream would give (the
+        bytes ``other`` dropped could only ever have been dropped here too)."""
+        if not other.dropped:
+            return self.append(other.head + other.tail, head_max, tail_max)
+        head = self.append(other.head, head_max, tail_max).head
+        return HeadTail(head, other.tail, self.total + other.total, self.attempt)
+
     def since(self, offset: int) -> tuple[bytes, int]:
         """Bytes from stream ``offset`` on that are still held, and how many were skipped.
 

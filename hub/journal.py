@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
 CACHE_SIZE = 20_000
+FOLD_SLACK = 16 * 1024  # bytes of output held raw beyond head+tail before folding them in
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
@@ -70,8 +71,23 @@ class WatchEvent:
 
 @dataclass(slots=True)
 class _Pending:
+    """Output accepted and not yet written: raw bytes, folded into a head+tail view whenever
+    they pass what a buffer keeps by FOLD_SLACK, so a replica whose writes lag behind fast
+    writers holds a bounded amount per buffer (not everything written since the last flush)."""
+
     attempt: int
     data: bytearray
+    folded: HeadTail | None = None
+
+    def add(self, data: bytes, head_max: int, tail_max: int, slack: int = FOLD_SLACK) -> None:
+        self.data += data
+        if len(self.data) > head_max + tail_max + slack:
+            self.folded = self.view(head_max, tail_max)
+            self.data = bytearray()
+
+    def view(self, head_max: int, tail_max: int) -> HeadTail:
+        view = self.folded or HeadTail(attempt=self.attempt)
+        return view.append(bytes(self.data), head_max, tail_max)
 
 
 @dataclass(slots=True)
@@ -330,7 +346,7 @@ class Journal:
             pending = None
         if pending is None:
             self._pending[key] = pending = _Pending(attempt, bytearray())
-        pending.data += data
+        pending.add(data, self.settings.journal_head_bytes, self.settings.journal_tail_bytes)
         self._schedule(key, self.settings.append_coalesce_ms / 1000)
 
     def _schedule(self, key: tuple[str, str], delay: float) -> None:
@@ -389,14 +405,12 @@ class Journal:
 
     async def _flush_locked(self, key: tuple[str, str]) -> None:
         pending = self._pending.pop(key, None)
-        if pending is None or not pending.data:
+        if pending is None or not (pending.data or pending.folded):
             return
-        s = self.settings
-        data = bytes(pending.data)
+        head, tail = self.settings.journal_head_bytes, self.settings.journal_tail_bytes
+        view = pending.view(head, tail)
         await self._write_buffer(
-            key,
-            pending.attempt,
-            lambda buffer: buffer.append(data, s.journal_head_bytes, s.journal_tail_bytes),
+            key, pending.attempt, lambda buffer: buffer.extend(view, head, tail)
         )
 
     async def settle(self, task_id: str, name: str, final: HeadTail) -> None:

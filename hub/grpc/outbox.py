@@ -20,7 +20,7 @@ T = TypeVar("T")
 #: Bounds on one batch: well under the 16 MiB message limit, and small enough that a batch of
 #: output does not hold a result back for long.
 BATCH_MESSAGES = 256
-BATCH_BYTES = 1024 * 1024
+BATCH_BYTES = 256 * 1024
 
 
 class Outbox(Generic[T]):

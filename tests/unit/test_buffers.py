@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.buffers import HeadTail
+from hub.journal import _Pending
 
 chunks = st.lists(st.binary(max_size=64), max_size=30)
 sizes = st.integers(min_value=0, max_value=80)
@@ -89,3 +90,28 @@ def test_empty_append_is_a_no_op() -> None:
     buffer = HeadTail().append(b"abc", 2, 2)
     assert buffer.append(b"", 2, 2) is buffer
     assert (buffer.head, buffer.tail, buffer.dropped) == (b"ab", b"c", 0)
+
+
+@given(chunks, chunks, sizes, sizes)
+def test_extend_by_a_view_equals_appending_the_whole_stream(
+    first: list[bytes], second: list[bytes], head_max: int, tail_max: int
+) -> None:
+    """What the journal does with output folded while its write lagged (``_Pending``)."""
+    before = build(first, head_max, tail_max)
+    view = build(second, head_max, tail_max)
+    expected = before.append(b"".join(second), head_max, tail_max)
+    assert before.extend(view, head_max, tail_max) == expected
+    head, tail = reference(b"".join(first + second), head_max, tail_max)
+    assert (expected.head, expected.tail) == (head, tail)
+
+
+@given(chunks, sizes, sizes, st.integers(min_value=0, max_value=50))
+def test_pending_output_stays_bounded_and_exact(
+    parts: list[bytes], head_max: int, tail_max: int, slack: int
+) -> None:
+    """The journal's not-yet-written output folds into a view instead of growing."""
+    pending = _Pending(attempt=0, data=bytearray())
+    for part in parts:
+        pending.add(part, head_max, tail_max, slack)
+        assert len(pending.data) <= head_max + tail_max + slack
+    assert pending.view(head_max, tail_max) == build(parts, head_max, tail_max)
