@@ -2,8 +2,9 @@
 
 Starts the hub's embedded nats-server (durability mode `--sync`), R replicas (`hub serve`) and M
 reference nodes (`hub node`, kind `echo`) as separate processes; this process is the agent. It
-keeps K tasks in flight: each of K loops submits a task (Submit) and waits for its result
-(Wait), so a latency is Submit sent -> terminal record seen by the agent. K=1 is the unloaded
+keeps K tasks in flight: each of K loops submits a task with `wait_s` (the client SDK carries
+every loop's submit over one shared SubmitStream call), so a latency is submit called ->
+terminal record seen by the agent. K=1 is the unloaded
 latency, K=64 the loaded throughput. Reports tasks/s, p50/p99 and CPU per task of each process
 kind (agent, replicas, nodes, nats-server) from /proc; every process is stopped by its PID.
 

@@ -50,9 +50,7 @@ class _SubmitStream:
 
     def __init__(self, stub: tasks_pb2_grpc.TaskServiceStub, metadata: tuple) -> None:
         self.pending: dict[int, asyncio.Future[tasks_pb2.SubmitResponse]] = {}
-        self.outbox: Outbox[tasks_pb2.SubmitCall | None] = Outbox(
-            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
-        )
+        self.outbox: Outbox[tasks_pb2.SubmitCall | None] = Outbox.of_messages()
         self.refs = itertools.count(1)
         self.closed = False
         self.call = stub.SubmitStream(self._calls(), metadata=metadata)

@@ -67,9 +67,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         request_iterator: AsyncIterator[pb.NodeMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.HubMessage]:
-        outbox: _Outbox = Outbox(
-            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
-        )
+        outbox: _Outbox = Outbox.of_messages()
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 first = await anext(aiter(request_iterator))

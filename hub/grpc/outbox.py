@@ -31,6 +31,11 @@ class Outbox(Generic[T]):
         self._ready = asyncio.Event()
         self._is_marker, self._size = is_marker, size
 
+    @classmethod
+    def of_messages(cls) -> Outbox[Any]:
+        """Protobuf messages, and ``None`` as the marker that ends the stream."""
+        return cls(is_marker=lambda m: m is None, size=lambda m: 0 if m is None else m.ByteSize())
+
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
         self._ready.set()

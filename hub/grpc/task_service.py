@@ -67,9 +67,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
         """Each call runs as its own task; replies go out as they finish, batched by the
         outbox. The stream ends once the client closed its half and every call is answered;
         a cancelled stream cancels the calls still waiting."""
-        outbox: Outbox[tasks_pb2.SubmitReply | None] = Outbox(
-            is_marker=lambda m: m is None, size=lambda m: m.ByteSize() if m else 0
-        )
+        outbox: Outbox[tasks_pb2.SubmitReply | None] = Outbox.of_messages()
         calls: set[asyncio.Task[None]] = set()
 
         async def answer(call: tasks_pb2.SubmitCall) -> None:
