@@ -156,16 +156,14 @@ class Client:
         if not request.task_id:
             request.task_id = new_task_id()
         deadline = time.monotonic() + timeout_s
-        for delay in (*SUBMIT_RETRY_DELAYS_S, None):
+        for delay in SUBMIT_RETRY_DELAYS_S:
             try:
                 return await self._stream().submit(request, deadline - time.monotonic())
             except ClientError as exc:
-                if exc.code != "UNAVAILABLE" or delay is None:
-                    raise
-                if time.monotonic() + delay >= deadline:
+                if exc.code != "UNAVAILABLE" or time.monotonic() + delay >= deadline:
                     raise
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        return await self._stream().submit(request, deadline - time.monotonic())
 
     def _stream(self) -> _SubmitStream:
         if self._submits is None or self._submits.closed:
