@@ -24,6 +24,14 @@ __all__ = ("TaskService",)
 DEFAULT_WAIT_S = 60.0
 
 
+def _refuse(ref: int, limit: int) -> tasks_pb2.SubmitReply:
+    """More calls open on one stream than a replica holds for one caller: this one is refused
+    (nothing is recorded); the caller may send it again once answers come back."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
+    message = f"more than {limit} submits open on this stream (HUB_MAX_STREAM_SUBMITS)"
+    return tasks_pb2.SubmitReply(ref=ref, code=code, message=message)
+
+
 def _bounded(wait_s: float, context: grpc.aio.ServicerContext) -> float:
     """A wait never outlasts the caller's own deadline (it would answer nobody)."""
     remaining = context.time_remaining()
@@ -69,6 +77,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
         a cancelled stream cancels the calls still waiting."""
         outbox: Outbox[tasks_pb2.SubmitReply | None] = Outbox.of_messages()
         calls: set[asyncio.Task[None]] = set()
+        limit = self.pool.settings.max_stream_submits
 
         async def answer(call: tasks_pb2.SubmitCall) -> None:
             try:
@@ -85,6 +94,9 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
             try:
                 async for batch in request_iterator:
                     for call in batch.calls:
+                        if len(calls) >= limit:
+                            outbox.put_nowait(_refuse(call.ref, limit))
+                            continue
                         task = asyncio.ensure_future(answer(call))
                         calls.add(task)
                         task.add_done_callback(calls.discard)

@@ -83,6 +83,21 @@ async def test_the_stream_ends_only_after_every_waiting_call_is_answered(
         assert reply.response.task.result == f"p{reply.ref}".encode()
 
 
+async def test_calls_past_the_open_limit_are_refused_and_change_nothing(
+    e2e_hub: GrpcHub,
+) -> None:
+    replica = await e2e_hub.replica(max_stream_submits=2)
+    stub = tasks_pb2_grpc.TaskServiceStub(e2e_hub.channel(replica))
+    # No node: the waiting calls stay open, so the third and fourth find the stream full.
+    calls = [call(ref, task_id=f"t{ref}", wait_s=0.5) for ref in range(1, 5)]
+    replies = {r.ref: r for r in await replies_until_end(calls, stub)}
+    assert [replies[ref].code for ref in (1, 2, 3, 4)] == [""] * 2 + ["RESOURCE_EXHAUSTED"] * 2
+    assert "HUB_MAX_STREAM_SUBMITS" in replies[3].message
+    assert not replies[1].response.done and replies[1].response.created
+    assert await e2e_hub.stream_messages(replica) == 2  # t3 and t4 were never recorded
+    assert await e2e_hub.journal_messages(replica) == 2
+
+
 async def test_concurrent_submits_share_one_stream(e2e_hub: GrpcHub) -> None:
     replica = await e2e_hub.replica()
     await e2e_hub.node(addr(replica), "n1", {"echo": echo}, slots=8)
