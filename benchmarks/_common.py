@@ -8,6 +8,7 @@ and the CPU accounting from /proc.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -35,6 +36,14 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 SYNC_MODES = ("always", "1s")
 """Durability modes a benchmark accepts: `always` fsyncs each write, `1s` once a second."""
+
+
+def add_rep_flags(p: argparse.ArgumentParser, *, sync: str = "1s", reps: int = 3) -> None:
+    """`--sync`, `--reps` and `--loop`, the flags every NATS benchmark shares."""
+    p.add_argument("--sync", choices=SYNC_MODES, default=sync, help="nats-server sync_interval")
+    p.add_argument("--reps", type=int, default=reps, help="repetitions (fresh servers each)")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop")
+
 
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ stops every one of them by PID on exit. The agent is the benchmark's own process
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import sys
@@ -142,6 +143,12 @@ class HubRig:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def handler_rig(tasks: int, nodes: int, sync: str) -> HubRig:
+    """A rig whose nodes run the benchmark kinds of `_handlers.py`, with a slot for each task."""
+    slots = max(1, math.ceil(tasks / nodes))
+    return HubRig(nodes=nodes, slots=slots, sync=sync, node_args=["--handlers", "_handlers"])
 
 
 def rss_kib(pid: int) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
-from _common import SYNC_MODES, CpuMeter, emit_json, median, nats_server_version, note, run_async
+from _common import CpuMeter, add_rep_flags, emit_json, median, nats_server_version, note, run_async
 from _hub import HubRig, hub_params
 
 from hub.model import Priority
@@ -37,9 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--slots", type=int, default=32)
     p.add_argument("--fill-concurrency", type=int, default=128)
-    p.add_argument("--sync", choices=SYNC_MODES, default="1s")
-    p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_rep_flags(p, reps=1)
     return p.parse_args(argv)
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    SYNC_MODES,
     CpuMeter,
     Progress,
     RepResult,
+    add_rep_flags,
     emit_json,
     nats_server_version,
     note,
@@ -47,10 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=1, help="hub replica processes (R)")
     p.add_argument("--nodes", type=int, default=2, help="node processes (M)")
     p.add_argument("--slots", type=int, default=0, help="slots per node; 0 = enough for K")
-    p.add_argument("--sync", choices=SYNC_MODES, default="1s", help="nats-server sync_interval")
-    p.add_argument("--reps", type=int, default=3, help="repetitions (fresh hub each)")
+    add_rep_flags(p)
     p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="agent loop")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
     p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
     p.add_argument(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import time
@@ -24,9 +23,9 @@ from pathlib import Path
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SYNC_MODES, CpuMeter, emit_json, median, nats_server_version, note, run_async
+from _common import CpuMeter, add_rep_flags, emit_json, median, nats_server_version, note, run_async
 from _handlers import stream_bytes
-from _hub import HubRig, hub_params
+from _hub import handler_rig, hub_params
 
 from hub.config import Settings
 
@@ -39,16 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="how long each task writes")
     p.add_argument("--chunk", type=int, default=100, help="bytes per append")
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--sync", choices=SYNC_MODES, default="1s")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_rep_flags(p)
     return p.parse_args(argv)
 
 
 async def run_rep(args: argparse.Namespace) -> dict[str, float]:
-    slots = max(1, math.ceil(args.tasks / args.nodes))
-    node_args = ["--handlers", "_handlers"]
-    async with HubRig(nodes=args.nodes, slots=slots, sync=args.sync, node_args=node_args) as rig:
+    async with handler_rig(args.tasks, args.nodes, args.sync) as rig:
         client = rig.clients[0]
         nc = await nats.connect(rig.nats.url)
         js = nc.jetstream()

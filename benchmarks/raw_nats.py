@@ -50,10 +50,10 @@ from nats.js.api import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    SYNC_MODES,
     CpuMeter,
     Progress,
     RepResult,
+    add_rep_flags,
     emit_json,
     nats_server_version,
     note,
@@ -83,14 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
     p.add_argument("--inflight", type=int, default=64, help="tasks kept in flight by the producer")
-    p.add_argument("--sync", choices=SYNC_MODES, default="always", help="nats-server sync_interval")
-    p.add_argument("--reps", type=int, default=3, help="repetitions (fresh server each)")
+    add_rep_flags(p, sync="always")
     p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--style", choices=("raw", "api"), default="raw", help="see above")
     p.add_argument("--batch", type=int, default=64, help="pull batch / credit per worker")
     p.add_argument("--ack", choices=("ack", "ack_sync"), default="ack", help="how workers ack")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
     p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
     p.add_argument("--worker-url", help=argparse.SUPPRESS)

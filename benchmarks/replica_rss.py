@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SYNC_MODES, emit_json, median, nats_server_version, note, run_async
-from _hub import HubRig, hub_params, rss_kib
+from _common import add_rep_flags, emit_json, median, nats_server_version, note, run_async
+from _hub import handler_rig, hub_params, rss_kib
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,16 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=16384, help="bytes per append")
     p.add_argument("--hold", type=float, default=5.0, help="seconds each task keeps running")
     p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--sync", choices=SYNC_MODES, default="1s")
-    p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_rep_flags(p, reps=1)
     return p.parse_args(argv)
 
 
 async def run_rep(args: argparse.Namespace) -> dict[str, float]:
-    slots = max(1, math.ceil(args.tasks / args.nodes))
-    node_args = ["--handlers", "_handlers"]
-    async with HubRig(nodes=args.nodes, slots=slots, sync=args.sync, node_args=node_args) as rig:
+    async with handler_rig(args.tasks, args.nodes, args.sync) as rig:
         pid = rig.replica_pids[0]
         client = rig.clients[0]
         base = rss_kib(pid)

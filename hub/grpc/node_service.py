@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 
@@ -201,50 +201,49 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
 
     async def _result(self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox) -> None:
         r = message.result
-        pool = self.nodes.pool
-        try:
-            s = self.nodes.settings
-            outputs = {
-                name: buffer_from_pb(getattr(r, name), r.attempt, s)
-                for name in ("stdout", "thoughts")
-                if r.HasField(name) and getattr(r, name).total_bytes
-            }
-            if r.ok:
-                await pool.complete(r.task_id, r.attempt, r.result, session.node, outputs)
-            else:
-                await pool.fail(
-                    r.task_id,
-                    r.attempt,
-                    r.error,
-                    retry=r.retry,
-                    node=session.node,
-                    outputs=outputs,
-                )
-        except HubError as exc:
-            outbox.put_nowait(_refused(message.ref, r.task_id, exc))
+        await self._confirm(session, message.ref, r.task_id, outbox, self._finish(session, r))
+
+    async def _finish(self, session: NodeSession, r: pb.Result) -> None:
+        s, pool = self.nodes.settings, self.nodes.pool
+        outputs = {
+            name: buffer_from_pb(getattr(r, name), r.attempt, s)
+            for name in ("stdout", "thoughts")
+            if r.HasField(name) and getattr(r, name).total_bytes
+        }
+        if r.ok:
+            await pool.complete(r.task_id, r.attempt, r.result, session.node, outputs)
         else:
-            outbox.put_nowait(pb.HubMessage(done=pb.Done(ref=message.ref, task_id=r.task_id)))
-        finally:
-            self.nodes.finished(session, r.task_id)
+            await pool.fail(
+                r.task_id, r.attempt, r.error, retry=r.retry, node=session.node, outputs=outputs
+            )
 
     async def _hand_back(
         self, session: NodeSession, message: pb.NodeMessage, outbox: _Outbox
     ) -> None:
         h = message.hand_back
+        release = self.nodes.pool.release(
+            h.task_id, h.attempt, reason=h.reason or "handed back", counts=False, node=session.node
+        )
+        await self._confirm(session, message.ref, h.task_id, outbox, release)
+
+    async def _confirm(
+        self,
+        session: NodeSession,
+        ref: int,
+        task_id: str,
+        outbox: _Outbox,
+        step: Awaitable[object],
+    ) -> None:
+        """Run a task's last step for its node, answer Done or Refused by ``ref``, and free the
+        node's slot either way."""
         try:
-            await self.nodes.pool.release(
-                h.task_id,
-                h.attempt,
-                reason=h.reason or "handed back",
-                counts=False,
-                node=session.node,
-            )
+            await step
         except HubError as exc:
-            outbox.put_nowait(_refused(message.ref, h.task_id, exc))
+            outbox.put_nowait(_refused(ref, task_id, exc))
         else:
-            outbox.put_nowait(pb.HubMessage(done=pb.Done(ref=message.ref, task_id=h.task_id)))
+            outbox.put_nowait(pb.HubMessage(done=pb.Done(ref=ref, task_id=task_id)))
         finally:
-            self.nodes.finished(session, h.task_id)
+            self.nodes.finished(session, task_id)
 
 
 def _grant_to_pb(grant: Grant) -> pb.Grant:

@@ -36,21 +36,14 @@ class Requests:
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count()
-        self._subscribed: asyncio.Future[None] | None = None
+        self._subscribing = asyncio.Lock()
 
     async def _subscribe(self) -> None:
-        if self._subscribed is None:
-            self._subscribed = asyncio.get_running_loop().create_future()
-            prefix = self.nc.new_inbox() + "."
-            try:
+        async with self._subscribing:
+            if not self._prefix:
+                prefix = self.nc.new_inbox() + "."
                 await self.nc.subscribe(prefix + "*", cb=self._reply)
-            except BaseException as exc:
-                self._subscribed.set_exception(exc)
-                self._subscribed = None
-                raise
-            self._prefix = prefix
-            self._subscribed.set_result(None)
-        await self._subscribed
+                self._prefix = prefix
 
     async def _reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
