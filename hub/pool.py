@@ -21,14 +21,14 @@ from nats.aio.msg import Msg
 from hub import lifecycle
 from hub.buffers import HeadTail
 from hub.config import Settings
-from hub.errors import HubError, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
+from hub.errors import HubError, InvalidTask, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
 from hub.journal import Journal
 from hub.lifecycle import Verdict
 from hub.model import Priority, Route, Status, TaskRecord, TaskSpec, validate_task_id
 from hub.nats import subjects
 from hub.nats.errors import nats_errors
 from hub.nats.topology import Topology
-from hub.queue import DeadLetter, Delivery, Queue
+from hub.queue import DeadLetter, Delivery, Queue, Stored
 from hub.scheduling import PriorityScheduler
 
 __all__ = ("Counts", "Grant", "Pool", "Taker")
@@ -105,7 +105,7 @@ class Pool:
 
     async def _ring(self, msg: Msg) -> None:
         try:
-            priority, route, _ = subjects.parse_task_subject(msg.subject)
+            priority, route = subjects.parse_task_subject(msg.subject)
         except HubError:
             self._scanned_at = 0.0  # unknown subject: pull everything next round
         else:
@@ -129,16 +129,9 @@ class Pool:
         record, created = await self.journal.create(lifecycle.submitted(spec, self.clock()))
         if not created:
             lifecycle.same_task(record, spec)
-        if created:
-            await self.queue.publish(record, spec.payload)
-        elif (
-            record.status is Status.QUEUED
-            and not record.tries
-            and await self.queue.message(record) is None
+        if created or (
+            record.status is Status.QUEUED and not record.tries and await self._lost(record)
         ):
-            # A retried submit republishes if the first publish never landed. Only then: the
-            # message id makes a republish a no-op inside the dedupe window, but past it a
-            # second copy of the task would be stored.
             await self.queue.publish(record, spec.payload)
         log.info(
             "submitted task=%s kind=%s priority=%s route=%s new=%s",
@@ -149,6 +142,14 @@ class Pool:
             created,
         )
         return record, created
+
+    async def _lost(self, record: TaskRecord) -> bool:
+        """Whether a retried submit must republish: its first publish may never have landed
+        (a replica that died between the two writes). Inside the dedupe window a republish is
+        a no-op if it did; past it a second copy would be stored, so look for the first."""
+        if self.clock() - record.queued_at < self.settings.dedupe_window_s / 2:
+            return True
+        return not await self.queue.holds(record)
 
     # -- offer and claim --------------------------------------------------------------------
 
@@ -384,13 +385,13 @@ class Pool:
             ),
         )
         if payload is None:
-            found = await self.queue.message(record)
-            payload = found[0] if found else b""
+            found = await self.queue.stored(record.priority, record.seq) if record.seq else None
+            payload = found.payload if found and found.task_id == record.id else b""
         letter = DeadLetter(
             task_id=record.id,
             kind=record.kind,
             generation=record.generation,
-            subject=subjects.task_subject(record.priority, record.route, record.id),
+            subject=subjects.task_subject(record.priority, record.route),
             payload=payload,
             error=record.error,
             history=[dataclasses.asdict(h) for h in record.history],
@@ -404,12 +405,18 @@ class Pool:
 
     async def cancel(self, task_id: str) -> tuple[TaskRecord, TaskRecord]:
         """Cancel a queued or running task; (before, after). A running task's node is told to
-        stop by whoever holds its stream; its later messages are refused (AlreadyFinished)."""
+        stop by whoever holds its stream; its later messages are refused (AlreadyFinished).
+
+        A queued task's message is removed by its sequence when the journal knows it (it was
+        delivered before); one never delivered is dropped at its delivery, unrun, or by the TTL
+        sweep: finding it by its id would mean reading the whole stream.
+        """
         before = await self.journal.get(task_id)
         now = self.clock()
         after = await self.journal.update(task_id, lambda r: lifecycle.cancel(r, now))
         if before.status is Status.QUEUED:
-            await self.queue.remove(after)
+            if after.seq:
+                await self.queue.remove(after.priority, after.seq)
         elif after.ack_subject:
             await self.queue.ack(after.ack_subject)
         with nats_errors("notify cancel"):
@@ -455,27 +462,36 @@ class Pool:
         return count
 
     async def sweep_expired(self) -> int:
-        """Expire unclaimed tasks older than the task TTL; the stream's oldest messages first."""
+        """Expire unclaimed tasks older than the task TTL, the stream's oldest messages first.
+
+        Old messages that no delivery would run (a cancelled task's, a second copy) are removed
+        on the way.
+        """
         now, ttl, expired = self.clock(), self.settings.task_ttl_s, 0
         for priority in Priority:
             seq = 0
             for _ in range(SWEEP_BATCH):
-                found = await self.queue.oldest(priority, seq)
-                if found is None:
+                stored = await self.queue.oldest(priority, seq)
+                if stored is None or now - stored.stamp < ttl:
                     break
-                seq, subject, stamp = found
-                if now - stamp < ttl:
-                    break
+                seq = stored.seq
+
+                def change(record: TaskRecord, stored: Stored = stored) -> TaskRecord:
+                    verdict = lifecycle.judge_delivery(record, stored.seq, stored.generation)
+                    if verdict is Verdict.DROP:
+                        raise _Skip(verdict)
+                    return lifecycle.expire(record, now, ttl)
+
                 try:
-                    _, _, task_id = subjects.parse_task_subject(subject)
-                    record = await self.journal.update(
-                        task_id, lambda r: lifecycle.expire(r, now, ttl)
-                    )
-                except (WrongState, TaskNotFound, TaskExpired):
+                    record = await self.journal.update(stored.task_id, change)
+                except (_Skip, TaskNotFound, TaskExpired, InvalidTask):
+                    await self.queue.remove(priority, seq)  # no delivery would run it
                     continue
-                await self.queue.remove(record)
+                except WrongState:
+                    continue  # claimed since, or its move to the DLQ is unfinished
+                await self.queue.remove(priority, seq)
                 expired += 1
-                log.info("expired task=%s unclaimed for %.0f s", task_id, now - stamp)
+                log.info("expired task=%s unclaimed for %.0f s", record.id, now - stored.stamp)
         return expired
 
     async def counts(self) -> Counts:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -23,15 +24,19 @@ from nats.js import JetStreamContext
 
 from hub.config import Settings
 from hub.errors import InvalidTask
-from hub.model import Priority, Route, TaskRecord
+from hub.model import Priority, Route, TaskRecord, validate_task_id
 from hub.nats import subjects
-from hub.nats.errors import nats_errors, retrying
+from hub.nats.errors import RETRY_BUDGET_S, nats_errors, retrying
 from hub.nats.requests import Requests
 from hub.nats.subjects import ConsumerName
 
-__all__ = ("DeadLetter", "Delivery", "Queue")
+__all__ = ("DeadLetter", "Delivery", "Queue", "Stored")
 
 log = logging.getLogger(__name__)
+
+#: How far from a record's ``queued_at`` its message's store time may be (clock skew).
+FIND_SKEW_S = 5.0
+FIND_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,17 @@ class Delivery:
     ack_subject: str
     seq: int
     deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message as stored in a priority stream, read by sequence (not delivered)."""
+
+    seq: int
+    task_id: str
+    generation: int
+    payload: bytes
+    stamp: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +166,7 @@ class Queue:
         The message id is ``<task id>.<generation>``: a retry after a timeout (which may have
         been stored) is a duplicate, while a replay (next generation) is not.
         """
-        subject = subjects.task_subject(record.priority, record.route, record.id)
+        subject = subjects.task_subject(record.priority, record.route)
         headers = {
             subjects.HEADER_MSG_ID: subjects.msg_id(record.id, record.generation),
             subjects.HEADER_TASK: record.id,
@@ -185,11 +201,11 @@ class Queue:
 
     @staticmethod
     def _delivery(msg: Msg) -> Delivery:
-        priority, route, task_id = subjects.parse_task_subject(msg.subject)
+        priority, route = subjects.parse_task_subject(msg.subject)
         headers = msg.headers or {}
         ack = subjects.parse_ack(msg.reply)
         return Delivery(
-            task_id=task_id,
+            task_id=validate_task_id(headers[subjects.HEADER_TASK]),
             kind=headers[subjects.HEADER_KIND],
             generation=int(headers.get(subjects.HEADER_GENERATION, "1")),
             priority=priority,
@@ -221,21 +237,81 @@ class Queue:
         with nats_errors("nak"):
             await self.nc.publish(ack_subject, body)
 
-    async def remove(self, record: TaskRecord) -> None:
-        """Remove a queued task's message (its subject is its own)."""
-        subject = subjects.task_subject(record.priority, record.route, record.id)
+    async def remove(self, priority: Priority, seq: int) -> bool:
+        """Remove one stored message by its sequence; False if it was already gone."""
         with nats_errors("remove task message"):
-            await self.js.purge_stream(subjects.stream_name(record.priority), subject=subject)
-
-    async def message(self, record: TaskRecord) -> tuple[bytes, int] | None:
-        """The task's message in its stream (payload, seq), if it is still there."""
-        subject = subjects.task_subject(record.priority, record.route, record.id)
-        with nats_errors("get task message"):
             try:
-                msg = await self.js.get_last_msg(subjects.stream_name(record.priority), subject)
+                return await self.js.delete_msg(subjects.stream_name(priority), seq)
+            except nats.js.errors.NotFoundError:
+                return False
+
+    async def stored(self, priority: Priority, seq: int) -> Stored | None:
+        """The message at ``seq`` in a priority stream, if it is still there."""
+        return await self._scan(priority, seq, nxt=False)
+
+    async def oldest(self, priority: Priority, after_seq: int) -> Stored | None:
+        """The next stored message after ``after_seq``, oldest first: for the TTL sweep."""
+        return await self._scan(priority, after_seq + 1, nxt=True)
+
+    async def _scan(self, priority: Priority, seq: int, *, nxt: bool) -> Stored | None:
+        stream = subjects.stream_name(priority)
+        with nats_errors("read task message"):
+            try:
+                if nxt:
+                    subject = subjects.stream_subjects(priority)
+                    msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                else:
+                    msg = await self.js.get_msg(stream, seq=seq)
             except nats.js.errors.NotFoundError:
                 return None
-        return msg.data or b"", msg.seq or 0
+        headers = msg.headers or {}
+        return Stored(
+            seq=msg.seq or seq,
+            task_id=headers.get(subjects.HEADER_TASK, ""),
+            generation=int(headers.get(subjects.HEADER_GENERATION, "1")),
+            payload=msg.data or b"",
+            stamp=_timestamp(msg.time),
+        )
+
+    async def holds(self, record: TaskRecord) -> bool:
+        """Whether the stream holds the task's message for its current generation.
+
+        Its message shares its route's subject with every other task's, but it was stored
+        just after ``queued_at`` (within one publish's retry budget): only the route's messages
+        stored around then are read, one request each, at most FIND_LIMIT of them; past that
+        it is presumed there (a second copy would be dropped at delivery anyway).
+        """
+        stream = subjects.stream_name(record.priority)
+        subject = subjects.task_subject(record.priority, record.route)
+        since = datetime.fromtimestamp(record.queued_at - FIND_SKEW_S, UTC)
+        query: dict[str, object] = {"start_time": since.isoformat().replace("+00:00", "Z")}
+        until = record.queued_at + RETRY_BUDGET_S + FIND_SKEW_S
+        for _ in range(FIND_LIMIT):
+            reply = await retrying(
+                "find task message",
+                lambda query=query: self.requests.request(
+                    f"$JS.API.STREAM.MSG.GET.{stream}",
+                    json.dumps({**query, "next_by_subj": subject}).encode(),
+                    timeout_s=self.settings.request_timeout_s,
+                ),
+                closed=lambda: self.nc.is_closed,
+            )
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                if answer["error"].get("code") == 404:
+                    return False
+                with nats_errors("find task message"):
+                    raise nats.js.errors.APIError.from_error(answer["error"])
+            found = answer["message"]
+            headers = _headers(base64.b64decode(found.get("hdrs") or ""))
+            if headers.get(subjects.HEADER_TASK) == record.id and headers.get(
+                subjects.HEADER_GENERATION, "1"
+            ) == str(record.generation):
+                return True
+            if _timestamp(found.get("time")) > until:
+                return False
+            query = {"seq": found["seq"] + 1}
+        return True
 
     async def bury(self, letter: DeadLetter) -> None:
         """Store a dead letter; idempotent per generation (repeating a cut-short move is safe)."""
@@ -281,25 +357,19 @@ class Queue:
             first = await self.js.get_msg(subjects.stream_name(priority), seq=info.state.first_seq)
         return info.state.messages, _timestamp(first.time)
 
-    async def oldest(self, priority: Priority, after_seq: int) -> tuple[int, str, float] | None:
-        """The next message after ``after_seq``: (seq, subject, timestamp); for the TTL sweep."""
-        with nats_errors("scan stream"):
-            try:
-                msg = await self.js.get_msg(
-                    subjects.stream_name(priority),
-                    seq=after_seq + 1,
-                    subject=subjects.stream_subjects(priority),
-                    next=True,
-                )
-            except nats.js.errors.NotFoundError:
-                return None
-        return msg.seq or 0, msg.subject or "", _timestamp(msg.time)
+
+def _headers(block: bytes) -> dict[str, str]:
+    """A stored message's header block (``NATS/1.0`` line, then ``Name: value`` lines)."""
+    out = {}
+    for line in block.decode(errors="replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
 
 
 def _timestamp(value: object) -> float:
     """RawStreamMsg.time is an ISO string in nats-py; a datetime in some versions."""
-    from datetime import datetime
-
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, str) and value:

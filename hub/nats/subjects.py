@@ -1,9 +1,10 @@
 """Every NATS name the hub uses, spelled once, and pure helpers to build and parse them.
 
 Operators, scripts and the ``nats`` CLI depend on these names (see DESIGN.md "Public surface").
-Each task has its own subject, ``hub.tasks.<priority>.<route>.<task id>``: per-route subjects let
-work-queue consumers have disjoint filters, and the task id at the end lets the hub remove one
-queued task (cancel, expire, move to the DLQ) with a subject purge.
+Tasks are stored on ``hub.tasks.<priority>.<route>``: per-route subjects let work-queue consumers
+have disjoint filters, and one subject per route (not per task) keeps nats-server's cost per
+fetch flat however deep the backlog (with a subject per task, fetch+ack cost doubled at 100k
+queued). The task id travels in a header; one queued message is removed by its sequence.
 """
 
 from __future__ import annotations
@@ -72,23 +73,23 @@ def _route_tokens(route: Route) -> str:
     return "any"
 
 
-def task_subject(priority: Priority, route: Route, task_id: str) -> str:
-    return f"{PREFIX}.tasks.{priority.label}.{_route_tokens(route)}.{task_id}"
+def task_subject(priority: Priority, route: Route) -> str:
+    return f"{PREFIX}.tasks.{priority.label}.{_route_tokens(route)}"
 
 
-def parse_task_subject(subject: str) -> tuple[Priority, Route, str]:
+def parse_task_subject(subject: str) -> tuple[Priority, Route]:
     """Inverse of task_subject; also accepts the doorbell form (``hub.bell.…``)."""
     parts = subject.split(".")
-    if len(parts) < 5 or parts[0] != PREFIX or parts[1] not in ("tasks", "bell"):
+    if len(parts) < 4 or parts[0] != PREFIX or parts[1] not in ("tasks", "bell"):
         raise InvalidTask(f"not a task subject: {subject!r}")
     priority = Priority.parse(parts[2])
     kind, rest = parts[3], parts[4:]
-    if kind == "any" and len(rest) == 1:
-        return priority, Route(), rest[0]
-    if kind == "node" and len(rest) == 2:
-        return priority, Route(node=rest[0]), rest[1]
-    if kind == "cap" and len(rest) == 2:
-        return priority, Route(capabilities=frozenset(rest[0].split("_"))), rest[1]
+    if kind == "any" and not rest:
+        return priority, Route()
+    if kind == "node" and len(rest) == 1:
+        return priority, Route(node=rest[0])
+    if kind == "cap" and len(rest) == 1:
+        return priority, Route(capabilities=frozenset(rest[0].split("_")))
     raise InvalidTask(f"not a task subject: {subject!r}")
 
 
@@ -113,7 +114,7 @@ class ConsumerName:
 
     @property
     def filter_subject(self) -> str:
-        return f"{PREFIX}.tasks.{self.priority.label}.{_route_tokens(self.route)}.*"
+        return task_subject(self.priority, self.route)
 
 
 def consumer_for(priority: Priority, route: Route) -> ConsumerName:

@@ -4,6 +4,7 @@ submit, concurrent takers, the task TTL, routing, first-result-wins and bad inpu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -280,12 +281,17 @@ async def test_submit_is_idempotent_on_the_task_id(hub_core: Core) -> None:
 
 async def test_submit_is_idempotent_after_the_dedupe_window(make_core) -> None:
     core = await make_core(dedupe_window_s=1.0)
+    await submit(core, "before")
     await submit(core, "t1")
+    await submit(core, "after")  # the same subject: t1's message is found by its header
     await asyncio.sleep(1.5)  # past JetStream's duplicate window: only the journal remembers
     _, created = await core.pool.submit(TaskSpec(kind="echo", payload=b"t1", id="t1"))
     assert not created
-    assert await core.all_task_messages() == 1
+    assert await core.all_task_messages() == 3
+    for task_id in ("before", "after"):
+        await core.pool.cancel(task_id)
     grant = await take_one(core.pool, "n1", timeout_s=5)
+    assert grant.record.id == "t1"
     await core.pool.complete("t1", grant.record.attempt, b"once")
     # a resubmit of a finished task neither re-runs nor re-queues it
     record, created = await core.pool.submit(TaskSpec(kind="echo", payload=b"t1", id="t1"))
@@ -297,17 +303,25 @@ async def test_submit_is_idempotent_after_the_dedupe_window(make_core) -> None:
     assert await core.all_task_messages() == 0
 
 
-async def test_resubmit_republishes_a_lost_publish(hub_core: Core) -> None:
+@pytest.mark.parametrize("past_window", [False, True])
+async def test_resubmit_republishes_a_lost_publish(make_core, past_window: bool) -> None:
     """A submit whose publish never landed (the record exists, the message does not) is
-    repaired by retrying the submit with the same id."""
+    repaired by retrying the submit with the same id, also past the dedupe window, among
+    other tasks' messages on the same subject."""
     from hub import lifecycle
 
+    core = await make_core(dedupe_window_s=1.0)
+    await submit(core, "before")
     spec = TaskSpec(kind="echo", payload=b"p", id="t1").validated(1024, 3)
-    await hub_core.journal.create(lifecycle.submitted(spec, time.time()))  # crash before publish
-    assert await hub_core.all_task_messages() == 0
-    _, created = await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"p", id="t1"))
-    assert not created and await hub_core.all_task_messages() == 1
-    assert (await take_one(hub_core.pool, "n1", timeout_s=5)).payload == b"p"
+    await core.journal.create(lifecycle.submitted(spec, time.time()))  # crash before publish
+    await submit(core, "after")
+    assert await core.all_task_messages() == 2
+    if past_window:
+        await asyncio.sleep(1.5)
+    _, created = await core.pool.submit(TaskSpec(kind="echo", payload=b"p", id="t1"))
+    assert not created and await core.all_task_messages() == 3
+    grants = [await take_one(core.pool, "n1", timeout_s=5) for _ in range(3)]
+    assert {g.record.id: g.payload for g in grants}["t1"] == b"p"
 
 
 # -- concurrent takers ----------------------------------------------------------------------
@@ -352,7 +366,7 @@ async def test_task_ttl_expires_unclaimed_tasks_only(make_core) -> None:
     assert await core.pool.sweep_expired() == 1
     expired = await core.journal.get("unclaimed")
     assert expired.status is Status.EXPIRED and expired.error
-    assert await core.queue.message(expired) is None  # removed from the work queue
+    assert await core.stream_messages() == 1  # removed from the work queue; "claimed" stays
     assert (await core.journal.wait("unclaimed", 5)).status is Status.EXPIRED
     running = await core.journal.get("claimed")
     assert running.status is Status.CLAIMED
@@ -377,6 +391,25 @@ async def test_task_ttl_spares_a_task_handed_back_politely(make_core) -> None:
     assert await core.pool.sweep_expired() == 0
     again = await take_one(core.pool, "n2", timeout_s=5)
     assert again.record.attempt == 2 and again.record.status is Status.CLAIMED
+
+
+async def test_sweep_removes_old_messages_no_delivery_would_run(make_core) -> None:
+    """A cancelled task routed to a node that never comes, and a second copy of a task stored
+    by a re-submit past the dedupe window, leave the stream at the TTL without counting as
+    expired; the task that is still waiting expires."""
+    core = await make_core(task_ttl_s=1.0)
+    await submit(core, "cancelled", route=Route(node="ghost"))
+    await submit(core, "waiting", route=Route(node="ghost"))
+    await core.pool.cancel("cancelled")
+    waiting = await core.journal.get("waiting")
+    await core.queue.publish(dataclasses.replace(waiting, generation=0), b"stale")
+    assert await core.stream_messages() == 3
+    await asyncio.sleep(1.2)
+
+    assert await core.pool.sweep_expired() == 1
+    assert await core.stream_messages() == 0
+    assert (await core.journal.get("waiting")).status is Status.EXPIRED
+    assert (await core.journal.get("cancelled")).status is Status.CANCELLED
 
 
 # -- routing --------------------------------------------------------------------------------
@@ -463,9 +496,24 @@ async def test_cancel_queued_and_running_tasks(hub_core: Core) -> None:
         await hub_core.pool.complete("running", grant.record.attempt, b"too late")
     with pytest.raises(AlreadyFinished):
         await hub_core.pool.cancel("queued")
-    assert await hub_core.stream_messages() == 0
+    # Never delivered, so its sequence was unknown: the message stays until a delivery drops it.
+    assert await hub_core.stream_messages() == 1
     await asyncio.sleep(0.2)
     assert await hub_core.pool.take("n2", slots=5) == []
+    assert await hub_core.stream_messages() == 0
+
+
+async def test_cancel_of_a_handed_back_task_removes_its_message_at_once(hub_core: Core) -> None:
+    """Once delivered, the journal knows the message's sequence: cancel deletes that message."""
+    await submit(hub_core, "back")
+    await submit(hub_core, "other")
+    grant = await take_one(hub_core.pool, "n1", timeout_s=5, slots=1)
+    await hub_core.pool.release(grant.record.id, grant.record.attempt, reason="drain", counts=False)
+    assert await hub_core.stream_messages() == 2
+    await hub_core.pool.cancel(grant.record.id)
+    assert await hub_core.stream_messages() == 1
+    left = await take_one(hub_core.pool, "n2", timeout_s=5)
+    assert left.record.id != grant.record.id
 
 
 # -- bad input ------------------------------------------------------------------------------

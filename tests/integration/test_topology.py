@@ -50,7 +50,7 @@ async def test_names_and_stream_settings(hub_core: Core) -> None:
         )
         c = consumer["config"]
         assert c["ack_policy"] == "explicit" and c["filter_subject"] == (
-            f"hub.tasks.{priority.label}.any.*"
+            f"hub.tasks.{priority.label}.any"
         )
         assert c["ack_wait"] == int(hub_core.settings.ack_wait_s * NS)
     journal = (await api(hub_core, "$JS.API.STREAM.INFO.KV_hub_journal"))["config"]

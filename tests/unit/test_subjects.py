@@ -40,28 +40,31 @@ def test_keys_refuse_ids_that_are_not_task_ids(bad: str) -> None:
 @pytest.mark.parametrize(
     ("route", "subject"),
     [
-        (Route(), "hub.tasks.high.any.t1"),
-        (Route(node="n-1"), "hub.tasks.high.node.n-1.t1"),
-        (GPU, "hub.tasks.high.cap.cuda_gpu.t1"),
+        (Route(), "hub.tasks.high.any"),
+        (Route(node="n-1"), "hub.tasks.high.node.n-1"),
+        (GPU, "hub.tasks.high.cap.cuda_gpu"),
     ],
 )
 def test_task_subject_round_trip(route: Route, subject: str) -> None:
-    assert subjects.task_subject(Priority.HIGH, route, "t1") == subject
-    assert subjects.parse_task_subject(subject) == (Priority.HIGH, route, "t1")
+    """One subject per route, not per task: the task id travels in a header."""
+    assert subjects.task_subject(Priority.HIGH, route) == subject
+    assert subjects.parse_task_subject(subject) == (Priority.HIGH, route)
     bell = subject.replace("hub.tasks.", "hub.bell.", 1)
-    assert subjects.parse_task_subject(bell) == (Priority.HIGH, route, "t1")
+    assert subjects.parse_task_subject(bell) == (Priority.HIGH, route)
 
 
 @pytest.mark.parametrize(
     "subject",
     [
-        "hub.tasks.high.any",
-        "hub.tasks.high.any.t1.extra",
-        "hub.tasks.urgent.any.t1",
-        "hub.tasks.high.node.t1",
-        "hub.tasks.high.elsewhere.x.t1",
-        "other.tasks.high.any.t1",
-        "hub.dlq.high.any.t1",
+        "hub.tasks.high",
+        "hub.tasks.high.any.t1",
+        "hub.tasks.urgent.any",
+        "hub.tasks.high.node",
+        "hub.tasks.high.node.n1.t1",
+        "hub.tasks.high.cap",
+        "hub.tasks.high.elsewhere.x",
+        "other.tasks.high.any",
+        "hub.dlq.high.any",
     ],
 )
 def test_bad_task_subjects(subject: str) -> None:
@@ -75,9 +78,9 @@ def test_consumer_filters_are_disjoint_per_route() -> None:
     names = [subjects.consumer_for(Priority.LOW, r) for r in routes]
     filters = [n.filter_subject for n in names]
     assert len(set(filters)) == len(filters)
-    assert filters[0] == "hub.tasks.low.any.*"
-    assert filters[1] == "hub.tasks.low.node.n1.*"
-    assert filters[3] == "hub.tasks.low.cap.cuda_gpu.*"
+    assert filters[0] == "hub.tasks.low.any"
+    assert filters[1] == "hub.tasks.low.node.n1"
+    assert filters[3] == "hub.tasks.low.cap.cuda_gpu"
     assert {n.stream for n in names} == {"HUB_TASKS_LOW"}
     for name, route in zip(names, routes, strict=True):
         assert subjects.route_of_durable(name.durable) == route
