@@ -259,17 +259,18 @@ class Journal:
         for queue in self._waiters.get(record.id, ()):
             queue.put_nowait(record)
 
-    async def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
-        """Record a new task; if the id exists, the existing record and False (idempotent)."""
+    async def create(self, record: TaskRecord) -> tuple[TaskRecord, int, bool]:
+        """Record a new task: (record, revision, True); if the id exists, the existing record,
+        its revision and False (idempotent)."""
         try:
             revision = await self._write(subjects.record_key(record.id), record.to_json(), 0)
         except nats.js.errors.APIError as exc:
             if not is_wrong_last_sequence(exc):
                 raise
-            existing, _ = await self.read(record.id, fresh=True)
-            return existing, False
+            existing, revision = await self.read(record.id, fresh=True)
+            return existing, revision, False
         self._wrote(record, revision)
-        return record, True
+        return record, revision, True
 
     async def read(self, task_id: str, *, fresh: bool = False) -> tuple[TaskRecord, int]:
         """The record and its revision; TaskNotFound or TaskExpired (tombstone) otherwise."""
@@ -289,14 +290,22 @@ class Journal:
     async def get(self, task_id: str) -> TaskRecord:
         return (await self.read(task_id, fresh=True))[0]
 
-    async def update(self, task_id: str, change: Update) -> TaskRecord:
+    async def update(
+        self, task_id: str, change: Update, *, hint: tuple[int, bytes] | None = None
+    ) -> TaskRecord:
         """Apply a pure transition by compare-and-set, re-reading and re-applying on conflict.
 
         ``change`` may raise a HubError (stale attempt, already finished): nothing is written.
+        ``hint`` is a (revision, record JSON) the caller was handed, tried when this replica
+        knows nothing of the record, instead of reading it: the compare-and-set on that
+        revision proves it still current, and a conflict re-reads as for any other.
         """
         for attempt in range(CAS_RETRIES):
             cached = attempt == 0 and self.records.get(task_id) is not None
-            record, revision = await self.read(task_id, fresh=attempt > 0)
+            if attempt == 0 and not cached and hint is not None:
+                record, revision, cached = TaskRecord.from_json(hint[1]), hint[0], True
+            else:
+                record, revision = await self.read(task_id, fresh=attempt > 0)
             try:
                 new = change(record)
             except Exception:

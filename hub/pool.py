@@ -126,13 +126,15 @@ class Pool:
         spec = spec.validated(self.settings.max_payload_bytes, self.settings.max_attempts)
         if spec.route.capabilities:
             await self.topology.ensure_consumer(spec.priority, spec.route)
-        record, created = await self.journal.create(lifecycle.submitted(spec, self.clock()))
+        record, revision, created = await self.journal.create(
+            lifecycle.submitted(spec, self.clock())
+        )
         if not created:
             lifecycle.same_task(record, spec)
         if created or (
             record.status is Status.QUEUED and not record.tries and await self._lost(record)
         ):
-            await self.queue.publish(record, spec.payload)
+            await self.queue.publish(record, spec.payload, revision)
         log.info(
             "submitted task=%s kind=%s priority=%s route=%s new=%s",
             record.id,
@@ -245,7 +247,8 @@ class Pool:
             )
 
         try:
-            record = await self.journal.update(delivery.task_id, change)
+            hint = delivery.submitted if delivery.deliveries == 1 else None
+            record = await self.journal.update(delivery.task_id, change, hint=hint)
         except (TaskNotFound, TaskExpired):
             log.warning("dropping message of unknown task=%s", delivery.task_id)
             await self.queue.ack(delivery.ack_subject)

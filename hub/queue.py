@@ -52,6 +52,7 @@ class Delivery:
     ack_subject: str
     seq: int
     deliveries: int
+    submitted: tuple[int, bytes] | None = None  # (revision, record JSON) as published
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +161,13 @@ class Queue:
         self.requests = Requests(nc)
         self._pullers: dict[tuple[str, str], _Puller] = {}
 
-    async def publish(self, record: TaskRecord, payload: bytes) -> int:
+    async def publish(self, record: TaskRecord, payload: bytes, revision: int = 0) -> int:
         """Publish the task's message for its current generation; safe to retry.
 
         The message id is ``<task id>.<generation>``: a retry after a timeout (which may have
-        been stored) is a duplicate, while a replay (next generation) is not.
+        been stored) is a duplicate, while a replay (next generation) is not. With the record's
+        ``revision``, the record rides along, so its first claim needs no journal read (with a
+        deep backlog the record has long left every replica's cache).
         """
         subject = subjects.task_subject(record.priority, record.route)
         headers = {
@@ -173,6 +176,8 @@ class Queue:
             subjects.HEADER_KIND: record.kind,
             subjects.HEADER_GENERATION: str(record.generation),
         }
+        if revision:
+            headers[subjects.HEADER_RECORD] = f"{revision} {record.to_json().decode()}"
         return await self._publish(subject, payload, headers)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
@@ -214,6 +219,7 @@ class Queue:
             ack_subject=msg.reply,
             seq=ack.stream_seq,
             deliveries=ack.deliveries,
+            submitted=_submitted(headers.get(subjects.HEADER_RECORD, "")),
         )
 
     async def ack(self, ack_subject: str) -> None:
@@ -356,6 +362,11 @@ class Queue:
                 return 0, 0.0
             first = await self.js.get_msg(subjects.stream_name(priority), seq=info.state.first_seq)
         return info.state.messages, _timestamp(first.time)
+
+
+def _submitted(header: str) -> tuple[int, bytes] | None:
+    revision, _, record = header.partition(" ")
+    return (int(revision), record.encode()) if revision.isdigit() and record else None
 
 
 def _headers(block: bytes) -> dict[str, str]:

@@ -19,6 +19,7 @@ __all__ = (
     "HEADER_GENERATION",
     "HEADER_KIND",
     "HEADER_MSG_ID",
+    "HEADER_RECORD",
     "HEADER_TASK",
     "JOURNAL_BUCKET",
     "NODES_BUCKET",
@@ -49,6 +50,8 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TASK = "Hub-Task"
 HEADER_KIND = "Hub-Kind"
 HEADER_GENERATION = "Hub-Generation"
+#: ``<revision> <record JSON>`` of the record as submitted: a first claim needs no journal read.
+HEADER_RECORD = "Hub-Record"
 HEADER_ERROR = "Hub-Error"
 
 

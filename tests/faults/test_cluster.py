@@ -289,7 +289,7 @@ async def test_a_write_whose_reply_was_lost_is_recognised_on_retry(
         spec = TaskSpec(kind="echo", id="landed1").validated(settings.max_payload_bytes, 5)
         record = submitted(spec, time.time())
         stored = reply_lost_once(monkeypatch, core.journal, nothing)
-        assert await core.journal.create(record) == (record, True)
+        assert (await core.journal.create(record))[::2] == (record, True)
         assert len(stored) == 1  # the retry was refused (wrong last sequence), nothing new stored
 
         monkeypatch.undo()

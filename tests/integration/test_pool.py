@@ -324,6 +324,32 @@ async def test_resubmit_republishes_a_lost_publish(make_core, past_window: bool)
     assert {g.record.id: g.payload for g in grants}["t1"] == b"p"
 
 
+async def test_a_first_claim_needs_no_journal_read(hub_core: Core, make_core) -> None:
+    """The record rides in the message as submitted, with its revision: a replica that no
+    longer holds it (a deep backlog evicts it) claims without reading the journal, and a
+    record changed since (cancelled) fails that compare-and-set and is read as usual."""
+    other = await make_core()
+    await submit(hub_core, "t1")
+    await submit(hub_core, "t2")
+    await hub_core.pool.cancel("t2")
+    reads: list[str] = []
+    read = other.journal._read
+
+    async def counting(key: str) -> tuple[bytes | None, int]:
+        reads.append(key)
+        return await read(key)
+
+    other.journal._read = counting  # type: ignore[method-assign]
+    for task_id in ("t1", "t2"):
+        other.journal.records.forget(task_id)  # as if evicted
+
+    grant = await take_one(other.pool, "n1", timeout_s=5, slots=2)
+    assert (grant.record.id, grant.record.attempt) == ("t1", 1)
+    assert reads == ["task.t2"]  # only the record that changed since it was published
+    assert await hub_core.stream_messages() == 1  # t1's, in flight; t2's was dropped
+    assert (await hub_core.journal.get("t1")).node == "n1"
+
+
 # -- concurrent takers ----------------------------------------------------------------------
 
 
