@@ -68,6 +68,7 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
 
         assert await left() == backlog, "queued tasks missing from the work-queue streams"
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
+        await settle(meter)
         meter.start()
         t0 = time.perf_counter()
         for i in range(args.nodes):
@@ -89,6 +90,20 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
         await nc.close()
         per_task = {k: v * 1e6 / measure for k, v in cpu.items()}
         return measure / elapsed, per_task["replicas"], per_task["nats_server"]
+
+
+async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 60.0) -> None:
+    """Wait until the hub is idle: the fill leaves the replica a queue of doorbells and journal
+    echoes (one each per task) whose processing would otherwise be billed to the drain, the
+    more so the bigger the backlog."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        meter.start()
+        await asyncio.sleep(0.5)
+        used = meter.stop()
+        if used["replicas"] + used["nats_server"] < idle_share * 0.5:
+            return
+    note("the hub did not go idle after the fill; measuring anyway")
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
