@@ -10,7 +10,7 @@ from hubtest import Core, make_settings
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from hub.errors import InvalidSettings
-from hub.model import Priority, TaskSpec
+from hub.model import Priority, Route, TaskSpec
 from hub.nats import subjects
 from hub.nats.topology import Topology
 
@@ -125,3 +125,17 @@ async def test_record_is_readable_with_the_nats_cli_request(hub_core: Core) -> N
     info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_HIGH")
     assert info["state"]["messages"] == 1
     assert record.id == "cli-1"
+    # `nats stream subjects HUB_TASKS_HIGH` counts queued tasks per route (one subject each)
+    await hub_core.pool.submit(
+        TaskSpec(
+            kind="echo",
+            payload=b"",
+            id="cli-2",
+            priority=Priority.HIGH,
+            route=Route(capabilities=frozenset({"gpu"})),
+        )
+    )
+    await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"", id="cli-3", priority="high"))
+    query = json.dumps({"subjects_filter": "hub.tasks.>"}).encode()
+    info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_HIGH", query)
+    assert info["state"]["subjects"] == {"hub.tasks.high.any": 2, "hub.tasks.high.cap.gpu": 1}
