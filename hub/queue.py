@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: How far from a record's ``queued_at`` its message's store time may be (clock skew).
 FIND_SKEW_S = 5.0
 FIND_LIMIT = 1000
+#: What deleting a message that is gone answers: "no message found" (500 within the stream's
+#: range) or "sequence not found" (400 past it).
+NO_SUCH_MESSAGE = (10057, 10043)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +251,10 @@ class Queue:
         with nats_errors("remove task message"):
             try:
                 return await self.js.delete_msg(subjects.stream_name(priority), seq)
-            except nats.js.errors.NotFoundError:
-                return False
+            except nats.js.errors.APIError as exc:
+                if exc.code == 404 or exc.err_code in NO_SUCH_MESSAGE:
+                    return False
+                raise
 
     async def stored(self, priority: Priority, seq: int) -> Stored | None:
         """The message at ``seq`` in a priority stream, if it is still there."""

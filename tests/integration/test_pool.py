@@ -538,6 +538,7 @@ async def test_cancel_of_a_handed_back_task_removes_its_message_at_once(hub_core
     assert await hub_core.stream_messages() == 2
     await hub_core.pool.cancel(grant.record.id)
     assert await hub_core.stream_messages() == 1
+    assert not await hub_core.queue.remove(Priority.NORMAL, grant.record.seq)  # gone already
     left = await take_one(hub_core.pool, "n2", timeout_s=5)
     assert left.record.id != grant.record.id
 
