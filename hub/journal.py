@@ -30,6 +30,7 @@ from hub.buffers import HeadTail
 from hub.config import Settings
 from hub.errors import (
     Conflict,
+    HubError,
     PayloadTooLarge,
     StaleAttempt,
     TaskExpired,
@@ -148,6 +149,17 @@ class RecordCache:
 
     def forget(self, task_id: str) -> None:
         self._known.pop(task_id, None)
+
+
+def _hinted(task_id: str, hint: tuple[int, bytes] | None) -> tuple[TaskRecord, int] | None:
+    """A hint's record, if it decodes and is this task's (a message's header is input)."""
+    if hint is None:
+        return None
+    try:
+        record = TaskRecord.from_json(hint[1])
+    except (ValueError, KeyError, TypeError, AttributeError, HubError):
+        return None
+    return (record, hint[0]) if record.id == task_id else None
 
 
 def _known_or_raise(
@@ -302,8 +314,9 @@ class Journal:
         """
         for attempt in range(CAS_RETRIES):
             cached = attempt == 0 and self.records.get(task_id) is not None
-            if attempt == 0 and not cached and hint is not None:
-                record, revision, cached = TaskRecord.from_json(hint[1]), hint[0], True
+            hinted = None if cached or attempt else _hinted(task_id, hint)
+            if hinted is not None:
+                (record, revision), cached = hinted, True
             else:
                 record, revision = await self.read(task_id, fresh=attempt > 0)
             try:
