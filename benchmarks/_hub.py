@@ -8,20 +8,32 @@ stops every one of them by PID on exit. The agent is the benchmark's own process
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, note, spawn, stop_pid, wait_for_log
+from _common import (
+    emit_json,
+    free_port,
+    median,
+    nats_server_version,
+    note,
+    run_async,
+    spawn,
+    stop_pid,
+    wait_for_log,
+)
 
 from hub.client import Client
 from hub.nats.server import EmbeddedNats
@@ -164,3 +176,51 @@ def hub_params() -> dict[str, Any]:
     from importlib.metadata import version
 
     return {"nats_py": version("nats-py"), "grpcio": version("grpcio")}
+
+
+def run_reps(
+    args: argparse.Namespace,
+    rep: Callable[[], Awaitable[dict[str, float]]],
+    *,
+    digits: int = 3,
+) -> tuple[list[dict[str, float]], str]:
+    """Run ``rep`` ``args.reps`` times on the chosen event loop, noting each; (reps, loop)."""
+
+    async def reps() -> list[dict[str, float]]:
+        out = []
+        for i in range(args.reps):
+            out.append(await rep())
+            note(f"rep {i + 1}: {json.dumps({k: round(v, digits) for k, v in out[-1].items()})}")
+        return out
+
+    return run_async(reps(), args.loop)
+
+
+def emit_reps(
+    bench: str,
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    reps: list[dict[str, float]],
+    loop: str,
+    *,
+    digits: int = 3,
+    **extra: Any,
+) -> None:
+    """The result line of a hub benchmark: its parameters, the medians over the reps, the raw
+    values, and the versions and machine they were taken on."""
+    keys = list(reps[0])
+    emit_json(
+        {
+            "bench": bench,
+            "sync": args.sync,
+            **params,
+            "reps": args.reps,
+            "loop": loop,
+            **{k: round(median([r[k] for r in reps]), digits) for k in keys},
+            "raw": {k: [round(r[k], digits) for r in reps] for k in keys},
+            **hub_params(),
+            "nats_server": nats_server_version(),
+            "host": {"cpus": os.cpu_count()},
+            **extra,
+        }
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
-from _common import CpuMeter, add_rep_flags, emit_json, median, nats_server_version, note, run_async
-from _hub import HubRig, hub_params
+from _common import CpuMeter, add_rep_flags, note
+from _hub import HubRig, emit_reps, run_reps
 
 from hub.model import Priority
 from hub.nats import subjects
@@ -106,48 +105,34 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
     note("the hub did not go idle after the fill; measuring anyway")
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
-    reps = []
-    for rep in range(args.reps):
-        small, small_cpu, small_nats = await drain_rate(args, args.small)
-        large, large_cpu, large_nats = await drain_rate(args, args.large)
-        r = {
-            "small_tasks_per_s": small,
-            "large_tasks_per_s": large,
-            "ratio": large / small,
-            "small_replica_cpu_us_per_task": small_cpu,
-            "large_replica_cpu_us_per_task": large_cpu,
-            "small_nats_server_cpu_us_per_task": small_nats,
-            "large_nats_server_cpu_us_per_task": large_nats,
-        }
-        note(f"rep {rep + 1}: {json.dumps({k: round(v, 3) for k, v in r.items()})}")
-        reps.append(r)
-    return reps
+async def run_rep(args: argparse.Namespace) -> dict[str, float]:
+    small, small_cpu, small_nats = await drain_rate(args, args.small)
+    large, large_cpu, large_nats = await drain_rate(args, args.large)
+    return {
+        "small_tasks_per_s": small,
+        "large_tasks_per_s": large,
+        "ratio": large / small,
+        "small_replica_cpu_us_per_task": small_cpu,
+        "large_replica_cpu_us_per_task": large_cpu,
+        "small_nats_server_cpu_us_per_task": small_nats,
+        "large_nats_server_cpu_us_per_task": large_nats,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    reps, loop_name = run_async(main_async(args), args.loop)
-    keys = list(reps[0])
-    emit_json(
-        {
-            "bench": "backlog",
-            "sync": args.sync,
-            "small": args.small,
-            "large": args.large,
-            "measure": args.measure,
-            "reps": args.reps,
-            "loop": loop_name,
-            **{k: round(median([r[k] for r in reps]), 3) for k in keys},
-            "raw": {k: [round(r[k], 3) for r in reps] for k in keys},
-            **hub_params(),
-            "nats_server": nats_server_version(),
-            "host": {"cpus": os.cpu_count()},
-            "note": (
-                "the clock starts at the first finished task (node start-up excluded);"
-                " progress is read from the work-queue streams, not the Pool API"
-            ),
-        }
+    reps, loop = run_reps(args, lambda: run_rep(args))
+    params = {"small": args.small, "large": args.large, "measure": args.measure}
+    emit_reps(
+        "backlog",
+        args,
+        params,
+        reps,
+        loop,
+        note=(
+            "the clock starts at the first finished task (node start-up excluded);"
+            " progress is read from the work-queue streams, not the Pool API"
+        ),
     )
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMeter, add_rep_flags, emit_json, median, nats_server_version, note, run_async
+from _common import CpuMeter, add_rep_flags, note
 from _handlers import stream_bytes
-from _hub import handler_rig, hub_params
+from _hub import emit_reps, handler_rig, run_reps
 
 from hub.config import Settings
 
@@ -92,33 +92,11 @@ async def run_rep(args: argparse.Namespace) -> dict[str, float]:
         }
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
-    reps = []
-    for rep in range(args.reps):
-        reps.append(await run_rep(args))
-        note(f"rep {rep + 1}: {json.dumps({k: round(v, 2) for k, v in reps[-1].items()})}")
-    return reps
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    reps, loop_name = run_async(main_async(args), args.loop)
-    keys = list(reps[0])
-    out = {
-        "bench": "journal_appends",
-        "sync": args.sync,
-        "tasks": args.tasks,
-        "seconds": args.seconds,
-        "chunk": args.chunk,
-        "reps": args.reps,
-        "loop": loop_name,
-        **{k: round(median([r[k] for r in reps]), 3) for k in keys},
-        "raw": {k: [round(r[k], 3) for r in reps] for k in keys},
-        **hub_params(),
-        "nats_server": nats_server_version(),
-        "host": {"cpus": os.cpu_count()},
-    }
-    emit_json(out)
+    reps, loop = run_reps(args, lambda: run_rep(args), digits=2)
+    params = {"tasks": args.tasks, "seconds": args.seconds, "chunk": args.chunk}
+    emit_reps("journal_appends", args, params, reps, loop)
 
 
 if __name__ == "__main__":

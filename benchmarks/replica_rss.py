@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_rep_flags, emit_json, median, nats_server_version, note, run_async
-from _hub import handler_rig, hub_params, rss_kib
+from _common import add_rep_flags
+from _hub import emit_reps, handler_rig, rss_kib, run_reps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,35 +66,11 @@ async def run_rep(args: argparse.Namespace) -> dict[str, float]:
         }
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
-    reps = []
-    for rep in range(args.reps):
-        reps.append(await run_rep(args))
-        note(f"rep {rep + 1}: {json.dumps({k: round(v, 2) for k, v in reps[-1].items()})}")
-    return reps
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    reps, loop_name = run_async(main_async(args), args.loop)
-    keys = list(reps[0])
-    emit_json(
-        {
-            "bench": "replica_rss",
-            "sync": args.sync,
-            "tasks": args.tasks,
-            "bytes": args.bytes,
-            "chunk": args.chunk,
-            "hold_s": args.hold,
-            "reps": args.reps,
-            "loop": loop_name,
-            **{k: round(median([r[k] for r in reps]), 2) for k in keys},
-            "raw": {k: [round(r[k], 2) for r in reps] for k in keys},
-            **hub_params(),
-            "nats_server": nats_server_version(),
-            "host": {"cpus": os.cpu_count()},
-        }
-    )
+    reps, loop = run_reps(args, lambda: run_rep(args), digits=2)
+    params = {"tasks": args.tasks, "bytes": args.bytes, "chunk": args.chunk, "hold_s": args.hold}
+    emit_reps("replica_rss", args, params, reps, loop, digits=2)
 
 
 if __name__ == "__main__":
