@@ -7,11 +7,14 @@ it is a pure value so it can be merged by compare-and-set and property-tested by
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hub.model import decode_bytes, encode_bytes
 
-__all__ = ("HeadTail",)
+__all__ = ("FOLD_SLACK", "HeadTail", "Unwritten")
+
+#: Bytes of output held raw beyond head+tail before they are folded into a view.
+FOLD_SLACK = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +89,34 @@ class HeadTail:
             total=data["total_bytes"],
             attempt=data.get("attempt", 0),
         )
+
+
+@dataclass(slots=True)
+class Unwritten:
+    """Output accepted but not yet passed on (by a replica to the journal, by a node to its
+    replica): raw bytes, folded into a head+tail view whenever they pass what a buffer keeps
+    by ``slack``, so whoever lags behind a fast writer holds a bounded amount, not everything
+    written since it last caught up. The view is exact: ``HeadTail.extend`` by it gives what
+    appending every byte would."""
+
+    attempt: int
+    data: bytearray = field(default_factory=bytearray)
+    folded: HeadTail | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.data or self.folded)
+
+    def add(self, data: bytes, head_max: int, tail_max: int, slack: int = FOLD_SLACK) -> None:
+        self.data += data
+        if len(self.data) > head_max + tail_max + slack:
+            self.folded = self.view(head_max, tail_max)
+            self.data = bytearray()
+
+    def add_view(self, view: HeadTail, head_max: int, tail_max: int) -> None:
+        """Add a stretch of the stream of which only a head+tail view (same limits) is held."""
+        self.folded = self.view(head_max, tail_max).extend(view, head_max, tail_max)
+        self.data = bytearray()
+
+    def view(self, head_max: int, tail_max: int) -> HeadTail:
+        view = self.folded or HeadTail(attempt=self.attempt)
+        return view.append(bytes(self.data), head_max, tail_max)

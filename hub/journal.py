@@ -26,11 +26,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from hub.buffers import HeadTail
+from hub.buffers import HeadTail, Unwritten
 from hub.config import Settings
 from hub.errors import (
     Conflict,
     HubError,
+    InvalidTask,
     PayloadTooLarge,
     StaleAttempt,
     TaskExpired,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
 CACHE_SIZE = 20_000
-FOLD_SLACK = 16 * 1024  # bytes of output held raw beyond head+tail before folding them in
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
@@ -68,27 +68,6 @@ class WatchEvent:
     offset: int = 0
     skipped: int = 0
     attempt: int = 0
-
-
-@dataclass(slots=True)
-class _Pending:
-    """Output accepted and not yet written: raw bytes, folded into a head+tail view whenever
-    they pass what a buffer keeps by FOLD_SLACK, so a replica whose writes lag behind fast
-    writers holds a bounded amount per buffer (not everything written since the last flush)."""
-
-    attempt: int
-    data: bytearray
-    folded: HeadTail | None = None
-
-    def add(self, data: bytes, head_max: int, tail_max: int, slack: int = FOLD_SLACK) -> None:
-        self.data += data
-        if len(self.data) > head_max + tail_max + slack:
-            self.folded = self.view(head_max, tail_max)
-            self.data = bytearray()
-
-    def view(self, head_max: int, tail_max: int) -> HeadTail:
-        view = self.folded or HeadTail(attempt=self.attempt)
-        return view.append(bytes(self.data), head_max, tail_max)
 
 
 @dataclass(slots=True)
@@ -183,7 +162,7 @@ class Journal:
         self._waiters: dict[str, set[asyncio.Queue[Msg | TaskRecord | None]]] = {}
         self._feed_started = False
         self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
-        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._pending: dict[tuple[str, str], Unwritten] = {}
         self._flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
         # One flush at a time per buffer: concurrent flushes of one key would race their
         # compare-and-sets (reordering chunks, or dropping them after CAS_RETRIES conflicts).
@@ -347,15 +326,23 @@ class Journal:
 
     # -- buffers ----------------------------------------------------------------------------
 
-    def append(self, task_id: str, name: str, attempt: int, data: bytes) -> None:
+    def append(self, task_id: str, name: str, attempt: int, data: bytes | HeadTail) -> None:
         """Queue output for the buffer; it is written after the coalescing window.
 
-        Refuses at once what this replica already knows is stale; the flush checks again
-        against the journal, so output from a fenced holder never lands.
+        ``data`` is the next bytes of the stream, or a head+tail view of them kept with this
+        hub's limits (what a congested node sends instead of every byte). Refuses at once what
+        this replica already knows is stale; the flush checks again against the journal, so
+        output from a fenced holder never lands.
         """
         subjects.buffer_key(task_id, name)
-        if len(data) > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(name, len(data), self.settings.max_payload_bytes)
+        head, tail = self.settings.journal_head_bytes, self.settings.journal_tail_bytes
+        size = len(data.head) + len(data.tail) if isinstance(data, HeadTail) else len(data)
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(name, size, self.settings.max_payload_bytes)
+        if isinstance(data, HeadTail) and (
+            len(data.head) > head or len(data.tail) > tail or data.dropped < 0
+        ):
+            raise InvalidTask(f"{name}: a head+tail view must keep at most {head}+{tail} bytes")
         cached = self.records.get(task_id)
         if cached is not None and cached[0] is not None and cached[0].attempt >= attempt:
             # This replica's copy may be older than the journal (another replica claimed or
@@ -367,8 +354,11 @@ class Journal:
             self._schedule(key, 0.0)
             pending = None
         if pending is None:
-            self._pending[key] = pending = _Pending(attempt, bytearray())
-        pending.add(data, self.settings.journal_head_bytes, self.settings.journal_tail_bytes)
+            self._pending[key] = pending = Unwritten(attempt)
+        if isinstance(data, HeadTail):
+            pending.add_view(data, head, tail)
+        else:
+            pending.add(data, head, tail)
         self._schedule(key, self.settings.append_coalesce_ms / 1000)
 
     def _schedule(self, key: tuple[str, str], delay: float) -> None:
@@ -427,7 +417,7 @@ class Journal:
 
     async def _flush_locked(self, key: tuple[str, str]) -> None:
         pending = self._pending.pop(key, None)
-        if pending is None or not (pending.data or pending.folded):
+        if not pending:
             return
         head, tail = self.settings.journal_head_bytes, self.settings.journal_tail_bytes
         view = pending.view(head, tail)

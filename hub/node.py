@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from hub.buffers import HeadTail
+from hub.buffers import HeadTail, Unwritten
 from hub.client import channel_options
 from hub.grpc.convert import buffer_to_pb
 from hub.grpc.outbox import Outbox, unbatch
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 OUTPUT_BATCH_S = 0.05
 OUTPUT_BATCH_BYTES = 256 * 1024
+#: Bytes a node lets queue for its stream (while it reconnects, or when the replica reads
+#: slower than handlers write). Past it, output is not queued but held per task as a head+tail
+#: view (bounded) until the queue drains: the node's memory stays bounded and the journal
+#: exact, since it keeps only head+tail anyway.
+OUTBOX_LIMIT_BYTES = 4 * 1024 * 1024
 
 #: How long a node leaving a draining replica waits for it to close the stream.
 PART_TIMEOUT_S = 5.0
@@ -58,11 +63,12 @@ class TaskContext:
     timeout_s: float
     _emit: Callable[[pb.NodeMessage], None]
     _limits: tuple[int, int] = (0, 0)
+    _congested: Callable[[], bool] = lambda: False
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     #: The same head+tail the hub keeps, sent with the result so the journal ends up exact
     #: even if output messages were lost with a replica.
     output: dict[str, HeadTail] = field(default_factory=dict)
-    _unsent: dict[str, bytearray] = field(default_factory=dict)
+    _unsent: dict[str, Unwritten] = field(default_factory=dict)
     _flush: asyncio.TimerHandle | None = None
 
     def json(self) -> Any:
@@ -71,31 +77,42 @@ class TaskContext:
     def _output(self, stream: str, data: bytes | str) -> None:
         """Output is sent in batches (one message per stream every OUTPUT_BATCH_S, or sooner
         past OUTPUT_BATCH_BYTES): a chatty handler costs few messages, and heartbeats and
-        results never queue behind thousands of tiny chunks."""
+        results never queue behind thousands of tiny chunks. What waits past the hub's
+        head+tail (plus slack) is folded into a head+tail view, as the replica would fold it."""
         if isinstance(data, str):
             data = data.encode()
         if not data:
             return
         kept = self.output.get(stream, HeadTail(attempt=self.attempt))
         self.output[stream] = kept.append(data, *self._limits)
-        unsent = self._unsent.setdefault(stream, bytearray())
-        unsent += data
-        if len(unsent) >= OUTPUT_BATCH_BYTES:
+        unsent = self._unsent.setdefault(stream, Unwritten(self.attempt))
+        if self._limits != (0, 0):
+            unsent.add(data, *self._limits)
+        else:  # (not welcomed yet: no limits to fold to)
+            unsent.data += data
+        if len(unsent.data) >= OUTPUT_BATCH_BYTES:
             self.send_output()
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(OUTPUT_BATCH_S, self.send_output)
 
-    def send_output(self, *, discard: bool = False) -> None:
-        """Send what is batched now (before the result, so output always precedes it), or
-        drop it when the hub has taken the task away."""
+    def send_output(self, *, final: bool = False, discard: bool = False) -> None:
+        """Send what is batched, unless the stream is congested (then try again later, the
+        output held as a bounded view); ``final`` sends it anyway, before the result, so
+        output always precedes it; ``discard`` drops it (the hub took the task away)."""
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
+        if not (final or discard) and self._congested():
+            self._flush = asyncio.get_running_loop().call_later(OUTPUT_BATCH_S, self.send_output)
+            return
         for stream, unsent in self._unsent.items():
             if unsent and not discard:
-                out = pb.Output(
-                    task_id=self.task_id, attempt=self.attempt, stream=stream, data=bytes(unsent)
-                )
+                out = pb.Output(task_id=self.task_id, attempt=self.attempt, stream=stream)
+                if unsent.folded is None:
+                    out.data = bytes(unsent.data)
+                else:
+                    view = unsent.view(*self._limits)
+                    out.data, out.dropped, out.tail = view.head, view.dropped, view.tail
                 self._emit(pb.NodeMessage(output=out))
         self._unsent.clear()
 
@@ -309,6 +326,7 @@ class Node:
             timeout_s=grant.timeout_s,
             _emit=self._send,
             _limits=self.limits,
+            _congested=lambda: self._outbox.queued_bytes > OUTBOX_LIMIT_BYTES,
         )
         task = asyncio.create_task(self._execute(ctx))
         self.running[grant.task_id] = (ctx, task)
@@ -345,7 +363,7 @@ class Node:
             result.ok, result.error, result.retry = False, f"{type(exc).__name__}: {exc}", True
         if self.running.pop(ctx.task_id, None) is None:
             return
-        ctx.send_output()
+        ctx.send_output(final=True)
         if self.limits != (0, 0):
             for name, kept in ctx.output.items():
                 getattr(result, name).CopyFrom(buffer_to_pb(kept))

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 
+from hub.buffers import HeadTail
 from hub.errors import HubError, InvalidTask
 from hub.grpc.convert import buffer_from_pb, priority_to_pb
 from hub.grpc.errors import code_for
@@ -154,8 +155,12 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         ref = message.ref
         if kind == "output":
             out = message.output
+            data: bytes | HeadTail = out.data
+            if out.dropped or out.tail:
+                total = len(out.data) + out.dropped + len(out.tail)
+                data = HeadTail(out.data, out.tail, total, out.attempt)
             try:
-                self.nodes.pool.journal.append(out.task_id, out.stream, out.attempt, out.data)
+                self.nodes.pool.journal.append(out.task_id, out.stream, out.attempt, data)
             except HubError as exc:
                 outbox.put_nowait(_refused(ref, out.task_id, exc))
             return

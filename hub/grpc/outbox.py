@@ -30,6 +30,9 @@ class Outbox(Generic[T]):
         self._items: deque[T] = deque()
         self._ready = asyncio.Event()
         self._is_marker, self._size = is_marker, size
+        #: Bytes queued and not yet taken by the writer: what a producer that can wait or
+        #: fold (a node's output) checks before adding more.
+        self.queued_bytes = 0
 
     @classmethod
     def of_messages(cls) -> Outbox[Any]:
@@ -38,6 +41,7 @@ class Outbox(Generic[T]):
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
+        self.queued_bytes += self._size(item)
         self._ready.set()
 
     def __len__(self) -> int:
@@ -58,6 +62,7 @@ class Outbox(Generic[T]):
             item = self._items.popleft()
             batch.append(item)
             size += self._size(item)
+        self.queued_bytes -= size
         return batch
 
 

@@ -50,16 +50,20 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., free_slots: _Optional[int] = ...) -> None: ...
 
 class Output(_message.Message):
-    __slots__ = ("task_id", "attempt", "stream", "data")
+    __slots__ = ("task_id", "attempt", "stream", "data", "dropped", "tail")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     stream: str
     data: bytes
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    dropped: int
+    tail: bytes
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., dropped: _Optional[int] = ..., tail: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("task_id", "attempt", "ok", "result", "error", "retry", "stdout", "thoughts")

@@ -13,6 +13,7 @@ import asyncio
 import pytest
 from grpchub import STEP_S, GrpcHub, addr, until, wait_done
 
+from hub.buffers import HeadTail
 from hub.node import TaskContext
 from hub.v1 import common_pb2
 from hub.v1 import nodes_pb2 as pb
@@ -252,3 +253,47 @@ async def test_sdk_node_reattaches_through_the_other_replica_and_keeps_its_task(
     assert [(h.attempt, h.outcome) for h in task.history] == [(1, "succeeded")]
     assert runs == [1]  # executed once: no redelivery
     assert task.stdout.head == b"before the move\nafter the move\n"
+
+
+async def test_output_as_a_head_tail_view_lands_exactly_and_a_bad_view_is_refused(
+    e2e_hub: GrpcHub,
+) -> None:
+    """A congested node sends a head+tail view of its unsent output instead of every byte:
+    the journal ends byte for byte as if every byte had come. A view that does not fit the
+    hub's limits is refused and changes nothing."""
+    a = await e2e_hub.replica()
+    raw = await e2e_hub.raw_node(a, "folder")
+    client = e2e_hub.client(a)
+    task_id = (await client.submit("job")).task.task_id
+    await raw.offer_and_claim(task_id)
+    assert raw.welcome is not None
+    limits = (raw.welcome.journal_head_bytes, raw.welcome.journal_tail_bytes)
+    stream = bytes(range(256)) * (sum(limits) // 256 + 40)  # well past head+tail
+    view = HeadTail().append(stream, *limits)
+    assert view.dropped > 0
+
+    def output(data: bytes, dropped: int = 0, tail: bytes = b"") -> pb.Output:
+        return pb.Output(
+            task_id=task_id, attempt=1, stream="stdout", data=data, dropped=dropped, tail=tail
+        )
+
+    raw.send(output=output(b"start:"))
+    raw.send(output=output(view.head, view.dropped, view.tail))
+    bad_views = (
+        output(b"x", -5, b"y"),  # fewer bytes than it holds
+        output(b"h" * (limits[0] + 1), 1, b"t"),  # a head past the hub's
+        output(b"h", 1, b"t" * (limits[1] + 1)),  # a tail past the hub's
+    )
+    for bad in bad_views:
+        ref = raw.send(output=bad)
+        refused = (await raw.expect("refused", lambda r, ref=ref: r.ref == ref)).refused
+        assert refused.code == "INVALID_ARGUMENT", refused
+    done = raw.send(result=pb.Result(task_id=task_id, attempt=1, ok=True, result=b"ok"))
+    await raw.expect("done", lambda d: d.ref == done)
+    task = await wait_done(client, task_id)
+    expected = HeadTail().append(b"start:" + stream, *limits)
+    assert (task.stdout.head, task.stdout.tail) == (expected.head, expected.tail)
+    assert (task.stdout.total_bytes, task.stdout.dropped_bytes) == (
+        expected.total,
+        expected.dropped,
+    )

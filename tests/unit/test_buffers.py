@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.buffers import HeadTail
-from hub.journal import _Pending
+from hub.buffers import HeadTail, Unwritten
 
 chunks = st.lists(st.binary(max_size=64), max_size=30)
 sizes = st.integers(min_value=0, max_value=80)
@@ -96,7 +95,7 @@ def test_empty_append_is_a_no_op() -> None:
 def test_extend_by_a_view_equals_appending_the_whole_stream(
     first: list[bytes], second: list[bytes], head_max: int, tail_max: int
 ) -> None:
-    """What the journal does with output folded while its write lagged (``_Pending``)."""
+    """What the journal does with output folded while its write lagged (``Unwritten``)."""
     before = build(first, head_max, tail_max)
     view = build(second, head_max, tail_max)
     expected = before.append(b"".join(second), head_max, tail_max)
@@ -110,7 +109,7 @@ def test_pending_output_stays_bounded_and_exact(
     parts: list[bytes], head_max: int, tail_max: int, slack: int
 ) -> None:
     """The journal's not-yet-written output folds into a view instead of growing."""
-    pending = _Pending(attempt=0, data=bytearray())
+    pending = Unwritten(attempt=0)
     for part in parts:
         pending.add(part, head_max, tail_max, slack)
         assert len(pending.data) <= head_max + tail_max + slack
