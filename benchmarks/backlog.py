@@ -1,4 +1,4 @@
-"""Claim cost against the backlog: drain rate with a big queue vs a small one.
+"""Claim cost against the backlog: throughput with a big queue vs a small one.
 
 For each backlog size (`--small`, `--large`) it starts a fresh hub with no nodes, queues that
 many `echo` tasks (Submit over gRPC), then starts the nodes and times how long the hub takes to
@@ -7,7 +7,13 @@ polled from NATS: a task's message is removed after its result is written). The 
 pool scanned its dict to claim, so its claim cost grew with the backlog; here a claim is a
 pull from a work-queue consumer, which should not. Reports both rates and large/small.
 
+By default the backlog drains (so `--measure 1000` from 1,000 queued times the whole drain,
+start-up included). With `--hold` the benchmark submits a task for each one that finishes,
+keeping the backlog at its size while it measures: throughput *with* N tasks queued, over as
+many tasks as `--measure` asks, the same pipeline (submit, claim, run, result) in both cases.
+
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 1000 --sync 1s
+    python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import nats
 from _common import CpuMeter, add_rep_flags, note
 from _hub import HubRig, emit_reps, run_reps
 
+from hub.client import Client
 from hub.model import Priority
 from hub.nats import subjects
 
@@ -36,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--slots", type=int, default=32)
     p.add_argument("--fill-concurrency", type=int, default=128)
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the backlog at its size while measuring (submit one per finished task)",
+    )
     add_rep_flags(p, reps=1)
     return p.parse_args(argv)
 
@@ -53,7 +65,6 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
 
         await asyncio.gather(*(fill() for _ in range(args.fill_concurrency)))
         note(f"queued {backlog} in {time.perf_counter() - t_fill:.1f} s")
-        measure = min(args.measure, backlog)
         # Count what is left from the work-queue streams themselves (a task's message is acked,
         # i.e. removed, after its result is written), not through the replica's Pool API: each
         # Pool call costs the replica 9 NATS requests, and at a 20 ms poll that load grew with
@@ -61,34 +72,64 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
         nc = await nats.connect(rig.nats.url)
         js = nc.jetstream()
         streams = [subjects.stream_name(p) for p in Priority]
+        queue = Backlog(backlog)
 
         async def left() -> int:
-            return sum([(await js.stream_info(s)).state.messages for s in streams])
+            queue.left = sum([(await js.stream_info(s)).state.messages for s in streams])
+            return queue.left
 
         assert await left() == backlog, "queued tasks missing from the work-queue streams"
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         await settle(meter)
         meter.start()
         t0 = time.perf_counter()
-        for i in range(args.nodes):
-            await rig.start_node(f"bench-n{i}", i)
-        # the clock starts at the first finished task: node start-up is not claim cost
-        while (n0 := await left()) == backlog:  # noqa: ASYNC110 (polls NATS, not us)
-            await asyncio.sleep(0.005)
-        if n0:
-            measure = min(measure, n0)
-            meter.start()
-            t0 = time.perf_counter()
-        else:  # a tiny backlog, gone before the first poll saw it move: count from node start
-            measure = backlog
-        target = max(n0 - measure, 0)
-        while await left() > target:  # noqa: ASYNC110 (polls NATS, not us)
-            await asyncio.sleep(0.02)
-        elapsed = time.perf_counter() - t0
-        cpu = meter.stop()
-        await nc.close()
-        per_task = {k: v * 1e6 / measure for k, v in cpu.items()}
-        return measure / elapsed, per_task["replicas"], per_task["nats_server"]
+        stop = asyncio.Event()
+        refills = [asyncio.ensure_future(queue.refill(client, stop)) for _ in range(32)]
+        if not args.hold:
+            stop.set()
+        try:
+            for i in range(args.nodes):
+                await rig.start_node(f"bench-n{i}", i)
+            # the clock starts at the first finished task: node start-up is not claim cost
+            while (d0 := queue.done(await left())) == 0:  # noqa: ASYNC110 (polls NATS)
+                await asyncio.sleep(0.005)
+            measure = args.measure if args.hold else min(args.measure, queue.left)
+            if measure:
+                meter.start()
+                t0 = time.perf_counter()
+            else:  # a tiny backlog, gone before the first poll saw it move: count from start
+                d0, measure = 0, backlog
+            while (d1 := queue.done(await left())) < d0 + measure:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - t0
+            cpu = meter.stop()
+        finally:
+            stop.set()
+            await asyncio.gather(*refills)
+            await nc.close()
+        finished = d1 - d0
+        per_task = {k: v * 1e6 / finished for k, v in cpu.items()}
+        return finished / elapsed, per_task["replicas"], per_task["nats_server"]
+
+
+class Backlog:
+    """The tasks in the work-queue streams: how many finished, and (``--hold``) refilled."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth, self.submitted, self.left = depth, depth, depth
+
+    def done(self, left: int) -> int:
+        return self.submitted - left
+
+    async def refill(self, client: Client, stop: asyncio.Event) -> None:
+        """Submit while the streams hold fewer than ``depth`` (as last polled), until ``stop``."""
+        while not stop.is_set():
+            if self.left >= self.depth:
+                await asyncio.sleep(0.005)
+                continue
+            self.left += 1
+            await client.submit("echo", b"x" * 64)
+            self.submitted += 1
 
 
 async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 60.0) -> None:
@@ -122,7 +163,12 @@ async def run_rep(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reps, loop = run_reps(args, lambda: run_rep(args))
-    params = {"small": args.small, "large": args.large, "measure": args.measure}
+    params = {
+        "small": args.small,
+        "large": args.large,
+        "measure": args.measure,
+        "hold": args.hold,
+    }
     emit_reps(
         "backlog",
         args,

@@ -107,8 +107,11 @@ def test_replica_rss_ends_with_a_json_result() -> None:
     assert result["peak_rss_mb"] > 0
 
 
-def test_backlog_ends_with_a_json_result() -> None:
-    result = run_bench(["backlog.py", "--small", "20", "--large", "60", "--measure", "20"])
+@pytest.mark.parametrize("hold", [False, True])
+def test_backlog_ends_with_a_json_result(hold: bool) -> None:
+    flags = ["--hold"] * hold
+    result = run_bench(["backlog.py", "--small", "20", "--large", "60", "--measure", "40", *flags])
     assert result["bench"] == "backlog"
+    assert result["hold"] is hold
     assert result["small_tasks_per_s"] > 0
     assert result["large_tasks_per_s"] > 0
