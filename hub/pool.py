@@ -410,16 +410,18 @@ class Pool:
         """Cancel a queued or running task; (before, after). A running task's node is told to
         stop by whoever holds its stream; its later messages are refused (AlreadyFinished).
 
-        A queued task's message is removed by its sequence when the journal knows it (it was
-        delivered before); one never delivered is dropped at its delivery, unrun, or by the TTL
-        sweep: finding it by its id would mean reading the whole stream.
+        A queued task's message is removed by its sequence: the journal's if it was delivered
+        before, else found among its route's messages stored when it was queued. One not found
+        (the search is bounded) is dropped at its delivery, unrun, or by the TTL sweep. The
+        journal says cancelled first, so no delivery runs it meanwhile.
         """
         before = await self.journal.get(task_id)
         now = self.clock()
         after = await self.journal.update(task_id, lambda r: lifecycle.cancel(r, now))
         if before.status is Status.QUEUED:
-            if after.seq:
-                await self.queue.remove(after.priority, after.seq)
+            seq = after.seq or await self.queue.find(after)
+            if seq:
+                await self.queue.remove(after.priority, seq)
         elif after.ack_subject:
             await self.queue.ack(after.ack_subject)
         with nats_errors("notify cancel"):

@@ -285,12 +285,17 @@ class Queue:
         )
 
     async def holds(self, record: TaskRecord) -> bool:
-        """Whether the stream holds the task's message for its current generation.
+        """Whether the stream holds the task's message for its current generation (presumed
+        so when the search gives up, see ``find``)."""
+        return await self.find(record) != 0
+
+    async def find(self, record: TaskRecord) -> int | None:
+        """The sequence of the task's message for its current generation; 0 if the stream
+        does not hold it, None if the search gave up.
 
         Its message shares its route's subject with every other task's, but it was stored
         just after ``queued_at`` (within one publish's retry budget): only the route's messages
-        stored around then are read, one request each, at most FIND_LIMIT of them; past that
-        it is presumed there (a second copy would be dropped at delivery anyway).
+        stored around then are read, one request each, at most FIND_LIMIT of them.
         """
         stream = subjects.stream_name(record.priority)
         subject = subjects.task_subject(record.priority, record.route)
@@ -310,7 +315,7 @@ class Queue:
             answer = json.loads(reply.data)
             if "error" in answer:
                 if answer["error"].get("code") == 404:
-                    return False
+                    return 0
                 with nats_errors("find task message"):
                     raise nats.js.errors.APIError.from_error(answer["error"])
             found = answer["message"]
@@ -318,11 +323,11 @@ class Queue:
             if headers.get(subjects.HEADER_TASK) == record.id and headers.get(
                 subjects.HEADER_GENERATION, "1"
             ) == str(record.generation):
-                return True
+                return int(found["seq"])
             if _timestamp(found.get("time")) > until:
-                return False
+                return 0
             query = {"seq": found["seq"] + 1}
-        return True
+        return None
 
     async def bury(self, letter: DeadLetter) -> None:
         """Store a dead letter; idempotent per generation (repeating a cut-short move is safe)."""

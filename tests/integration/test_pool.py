@@ -327,11 +327,11 @@ async def test_resubmit_republishes_a_lost_publish(make_core, past_window: bool)
 async def test_a_first_claim_needs_no_journal_read(hub_core: Core, make_core) -> None:
     """The record rides in the message as submitted, with its revision: a replica that no
     longer holds it (a deep backlog evicts it) claims without reading the journal, and a
-    record changed since (cancelled) fails that compare-and-set and is read as usual."""
+    record changed since fails that compare-and-set and is read as usual."""
     other = await make_core()
     await submit(hub_core, "t1")
     await submit(hub_core, "t2")
-    await hub_core.pool.cancel("t2")
+    await hub_core.journal.update("t2", lambda r: dataclasses.replace(r, updated_at=r.queued_at))
     reads: list[str] = []
     read = other.journal._read
 
@@ -343,11 +343,11 @@ async def test_a_first_claim_needs_no_journal_read(hub_core: Core, make_core) ->
     for task_id in ("t1", "t2"):
         other.journal.records.forget(task_id)  # as if evicted
 
-    grant = await take_one(other.pool, "n1", timeout_s=5, slots=2)
-    assert (grant.record.id, grant.record.attempt) == ("t1", 1)
+    grants = await other.pool.take("n1", slots=2)
+    assert [(g.record.id, g.record.attempt) for g in grants] == [("t1", 1), ("t2", 1)]
     assert reads == ["task.t2"]  # only the record that changed since it was published
-    assert await hub_core.stream_messages() == 1  # t1's, in flight; t2's was dropped
-    assert (await hub_core.journal.get("t1")).node == "n1"
+    for task_id in ("t1", "t2"):
+        assert (await hub_core.journal.get(task_id)).node == "n1"
 
 
 # -- concurrent takers ----------------------------------------------------------------------
@@ -420,15 +420,17 @@ async def test_task_ttl_spares_a_task_handed_back_politely(make_core) -> None:
 
 
 async def test_sweep_removes_old_messages_no_delivery_would_run(make_core) -> None:
-    """A cancelled task routed to a node that never comes, and a second copy of a task stored
-    by a re-submit past the dedupe window, leave the stream at the TTL without counting as
-    expired; the task that is still waiting expires."""
+    """A cancelled task's message the cancel did not find (here a copy stored after it), and a
+    second copy of a task stored by a re-submit past the dedupe window, leave the stream at the
+    TTL without counting as expired; the task that is still waiting expires."""
     core = await make_core(task_ttl_s=1.0)
     await submit(core, "cancelled", route=Route(node="ghost"))
     await submit(core, "waiting", route=Route(node="ghost"))
     await core.pool.cancel("cancelled")
-    waiting = await core.journal.get("waiting")
-    await core.queue.publish(dataclasses.replace(waiting, generation=0), b"stale")
+    assert await core.stream_messages() == 1  # the cancel found and removed its message
+    for task_id in ("cancelled", "waiting"):
+        record = await core.journal.get(task_id)
+        await core.queue.publish(dataclasses.replace(record, generation=0), b"stale")
     assert await core.stream_messages() == 3
     await asyncio.sleep(1.2)
 
@@ -522,11 +524,29 @@ async def test_cancel_queued_and_running_tasks(hub_core: Core) -> None:
         await hub_core.pool.complete("running", grant.record.attempt, b"too late")
     with pytest.raises(AlreadyFinished):
         await hub_core.pool.cancel("queued")
-    # Never delivered, so its sequence was unknown: the message stays until a delivery drops it.
-    assert await hub_core.stream_messages() == 1
-    await asyncio.sleep(0.2)
-    assert await hub_core.pool.take("n2", slots=5) == []
+    # Never delivered, yet found among its route's messages and removed at once.
     assert await hub_core.stream_messages() == 0
+    assert await hub_core.pool.take("n2", slots=5) == []
+
+
+async def test_cancel_finds_its_message_among_its_routes(hub_core: Core) -> None:
+    """Every task of a route shares its subject: cancel picks out its own message by the task
+    id in its headers, and removes that one only."""
+    others = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
+    for task_id in others[:30]:
+        await submit(hub_core, task_id)
+    await submit(hub_core, "target")
+    for task_id in others[30:]:
+        await submit(hub_core, task_id)
+    await hub_core.pool.cancel("target")
+    assert await hub_core.stream_messages() == len(others)
+    taken: list[str] = []
+    for _ in range(50):
+        taken += [g.record.id for g in await hub_core.pool.take("n1", slots=64)]
+        if len(taken) >= len(others):
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(taken) == sorted(others)
 
 
 async def test_cancel_of_a_handed_back_task_removes_its_message_at_once(hub_core: Core) -> None:

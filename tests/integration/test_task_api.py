@@ -143,8 +143,7 @@ async def test_head_and_tail_visible_through_hub_get_json(e2e_hub: GrpcHub) -> N
 
 
 async def test_cancel_a_queued_task_never_runs_and_leaves_its_stream(e2e_hub: GrpcHub) -> None:
-    """A task never delivered is cancelled in the journal at once; its message is dropped,
-    unrun, when its route is next pulled."""
+    """A task never delivered is cancelled in the journal and its message removed at once."""
     replica = await e2e_hub.replica()
     client = e2e_hub.client(replica)
     task_id = (await client.submit("echo", b"never", node="ghost")).task.task_id  # not attached
@@ -152,6 +151,7 @@ async def test_cancel_a_queued_task_never_runs_and_leaves_its_stream(e2e_hub: Gr
 
     task = await client.cancel(task_id)
     assert task.status == common_pb2.CANCELLED
+    assert await e2e_hub.stream_messages(replica, Priority.NORMAL) == 0
     assert (await wait_done(client, task_id)).status == common_pb2.CANCELLED
     with pytest.raises(ClientError) as again:
         await client.cancel(task_id)
