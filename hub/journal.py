@@ -250,11 +250,12 @@ class Journal:
         for queue in self._waiters.get(record.id, ()):
             queue.put_nowait(record)
 
-    async def create(self, record: TaskRecord) -> tuple[TaskRecord, int, bool]:
+    async def create(self, record: TaskRecord, raw: bytes = b"") -> tuple[TaskRecord, int, bool]:
         """Record a new task: (record, revision, True); if the id exists, the existing record,
-        its revision and False (idempotent)."""
+        its revision and False (idempotent). ``raw``: the record already encoded."""
         try:
-            revision = await self._write(subjects.record_key(record.id), record.to_json(), 0)
+            value = raw or record.to_json()
+            revision = await self._write(subjects.record_key(record.id), value, 0)
         except nats.js.errors.APIError as exc:
             if not is_wrong_last_sequence(exc):
                 raise

@@ -126,15 +126,16 @@ class Pool:
         spec = spec.validated(self.settings.max_payload_bytes, self.settings.max_attempts)
         if spec.route.capabilities:
             await self.topology.ensure_consumer(spec.priority, spec.route)
-        record, revision, created = await self.journal.create(
-            lifecycle.submitted(spec, self.clock())
-        )
+        new = lifecycle.submitted(spec, self.clock())
+        raw = new.to_json()
+        record, revision, created = await self.journal.create(new, raw)
         if not created:
             lifecycle.same_task(record, spec)
+            raw = b""
         if created or (
             record.status is Status.QUEUED and not record.tries and await self._lost(record)
         ):
-            await self.queue.publish(record, spec.payload, revision)
+            await self.queue.publish(record, spec.payload, revision, raw)
         log.info(
             "submitted task=%s kind=%s priority=%s route=%s new=%s",
             record.id,

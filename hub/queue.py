@@ -164,13 +164,16 @@ class Queue:
         self.requests = Requests(nc)
         self._pullers: dict[tuple[str, str], _Puller] = {}
 
-    async def publish(self, record: TaskRecord, payload: bytes, revision: int = 0) -> int:
+    async def publish(
+        self, record: TaskRecord, payload: bytes, revision: int = 0, raw: bytes = b""
+    ) -> int:
         """Publish the task's message for its current generation; safe to retry.
 
         The message id is ``<task id>.<generation>``: a retry after a timeout (which may have
         been stored) is a duplicate, while a replay (next generation) is not. With the record's
-        ``revision``, the record rides along, so its first claim needs no journal read (with a
-        deep backlog the record has long left every replica's cache).
+        ``revision``, the record rides along (``raw``: already encoded), so its first claim
+        needs no journal read (with a deep backlog the record has long left every replica's
+        cache).
         """
         subject = subjects.task_subject(record.priority, record.route)
         headers = {
@@ -180,7 +183,7 @@ class Queue:
             subjects.HEADER_GENERATION: str(record.generation),
         }
         if revision:
-            headers[subjects.HEADER_RECORD] = f"{revision} {record.to_json().decode()}"
+            headers[subjects.HEADER_RECORD] = f"{revision} {(raw or record.to_json()).decode()}"
         return await self._publish(subject, payload, headers)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
