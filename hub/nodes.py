@@ -71,7 +71,9 @@ class Nodes:
     def __init__(self, pool: Pool, settings: Settings, replica_id: str) -> None:
         self.pool, self.settings, self.replica_id = pool, settings, replica_id
         self.sessions: dict[str, NodeSession] = {}
-        self.kick = asyncio.Event()
+        # A slot freed (or anything else worth a dispatch round) rings the same event as a
+        # stored task: the loop waits on one event, not on a race of two.
+        self.kick = pool.bell
         self.draining = False
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,8 +109,7 @@ class Nodes:
         while not self.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
-                    await _first(self.pool.bell.wait(), self.kick.wait())
-            self.pool.bell.clear()
+                    await self.kick.wait()
             self.kick.clear()
             if self.draining:
                 continue
@@ -345,12 +346,3 @@ class Nodes:
         except HubError:
             return True  # cannot tell now: ask again, hand it back at the deadline
         return record.attempt == attempt and record.active and record.updated_at <= since
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
