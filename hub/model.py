@@ -10,6 +10,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import re
 import uuid
@@ -136,7 +137,13 @@ class Route:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Route:
-        return cls(node=data.get("node", ""), capabilities=frozenset(data.get("capabilities", ())))
+        return _route(data.get("node", ""), tuple(data.get("capabilities", ())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _route(node: str, capabilities: tuple[str, ...]) -> Route:
+    """Routes repeat across records (most are "any"): validate and build each one once."""
+    return Route(node=node, capabilities=frozenset(capabilities))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +244,14 @@ class TaskRecord:
         return self.status in ACTIVE
 
     def to_json(self) -> bytes:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # (field names listed once, below the class: dataclasses.fields() and asdict() per
+        # call were a tenth of encoding a record, which every journal write does)
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         data["priority"] = self.priority.label
         data["route"] = self.route.to_json()
         data["status"] = self.status.value
         data["result"], data["result_encoding"] = _result_text(self.result)
-        data["history"] = [dataclasses.asdict(h) for h in self.history]
+        data["history"] = [{n: getattr(h, n) for n in _ATTEMPT_FIELDS} for h in self.history]
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -253,8 +262,12 @@ class TaskRecord:
         data["status"] = Status(data["status"])
         data["result"] = _result_bytes(data.get("result", ""), data.get("result_encoding", "utf-8"))
         data["history"] = tuple(AttemptInfo(**h) for h in data.get("history", ()))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _RECORD_FIELD_SET})
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
+_ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptInfo))
 
 
 def _result_text(result: bytes) -> tuple[str, str]:
