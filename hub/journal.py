@@ -81,8 +81,8 @@ class RecordCache:
 
     Each entry keeps the record's JSON; only the ``decoded`` most recent are also kept decoded.
     JSON and revisions are bytes and ints, which the garbage collector does not track: a full
-    cache of decoded records was about 125,000 objects that every full collection walked
-    (about 80 ms each, and more of them the deeper the backlog).
+    cache of decoded records was about 60,000 more objects (three per record) for every full
+    collection to walk, which made claims dearer the deeper the backlog.
     """
 
     def __init__(self, size: int = CACHE_SIZE, decoded: int = DECODED_SIZE) -> None:
