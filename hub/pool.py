@@ -149,10 +149,11 @@ class Pool:
     async def _lost(self, record: TaskRecord) -> bool:
         """Whether a retried submit must republish: its first publish may never have landed
         (a replica that died between the two writes). Inside the dedupe window a republish is
-        a no-op if it did; past it a second copy would be stored, so look for the first."""
+        a no-op if it did; past it a second copy would be stored, so look for the first (a
+        search that gives up presumes it there)."""
         if self.clock() - record.queued_at < self.settings.dedupe_window_s / 2:
             return True
-        return not await self.queue.holds(record)
+        return await self.queue.find(record) == 0
 
     # -- offer and claim --------------------------------------------------------------------
 

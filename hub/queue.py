@@ -287,11 +287,6 @@ class Queue:
             stamp=_timestamp(msg.time),
         )
 
-    async def holds(self, record: TaskRecord) -> bool:
-        """Whether the stream holds the task's message for its current generation (presumed
-        so when the search gives up, see ``find``)."""
-        return await self.find(record) != 0
-
     async def find(self, record: TaskRecord) -> int | None:
         """The sequence of the task's message for its current generation; 0 if the stream
         does not hold it, None if the search gave up.

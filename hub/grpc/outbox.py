@@ -27,7 +27,7 @@ class Outbox(Generic[T]):
     """Messages to send, and markers (the end of a session's sends) that are never batched."""
 
     def __init__(self, is_marker: Callable[[T], bool], size: Callable[[T], int]) -> None:
-        self._items: deque[T] = deque()
+        self._items: deque[tuple[T, int]] = deque()  # (item, its size, measured once)
         self._ready = asyncio.Event()
         self._is_marker, self._size = is_marker, size
         #: Bytes queued and not yet taken by the writer: what a producer that can wait or
@@ -40,8 +40,9 @@ class Outbox(Generic[T]):
         return cls(is_marker=lambda m: m is None, size=lambda m: 0 if m is None else m.ByteSize())
 
     def put_nowait(self, item: T) -> None:
-        self._items.append(item)
-        self.queued_bytes += self._size(item)
+        size = self._size(item)
+        self._items.append((item, size))
+        self.queued_bytes += size
         self._ready.set()
 
     def __len__(self) -> int:
@@ -52,16 +53,17 @@ class Outbox(Generic[T]):
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        first = self._items.popleft()
+        first, size = self._items.popleft()
         if self._is_marker(first):
             return [first]
-        batch, size = [first], self._size(first)
+        batch = [first]
         while self._items and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
-            if self._is_marker(self._items[0]):
+            item, item_size = self._items[0]
+            if self._is_marker(item):
                 break
-            item = self._items.popleft()
+            self._items.popleft()
             batch.append(item)
-            size += self._size(item)
+            size += item_size
         self.queued_bytes -= size
         return batch
 
