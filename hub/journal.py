@@ -41,6 +41,7 @@ from hub.lifecycle import fence
 from hub.model import TaskRecord
 from hub.nats import subjects
 from hub.nats.errors import is_wrong_last_sequence, retrying
+from hub.nats.inline import subscribe_inline
 from hub.nats.requests import Requests
 
 __all__ = ("BUFFERS", "Journal", "WatchEvent")
@@ -77,7 +78,7 @@ class RecordCache:
 
     An entry counts as *current* while the feed has run without a break since it was stored:
     every later write then reaches this replica through the feed. ``new_epoch()`` marks such
-    a break (a reconnect, a dropped message), after which old entries are only hints.
+    a break (a reconnect), after which old entries are only hints.
 
     Each entry keeps the record's JSON; only the ``decoded`` most recent are also kept decoded.
     JSON and revisions are bytes and ints, which the garbage collector does not track: a full
@@ -497,8 +498,8 @@ class Journal:
     # -- wait and watch ---------------------------------------------------------------------
 
     def reconnected(self) -> None:
-        """After a reconnect (or a dropped feed message), every waiter re-reads and nothing
-        cached is taken as current: a change during the outage is not missed."""
+        """After a reconnect, every waiter re-reads and nothing cached is taken as current: a
+        change during the outage is not missed."""
         self.records.new_epoch()
         for queue in self._reread:
             queue.put_nowait(None)
@@ -509,15 +510,10 @@ class Journal:
         if self._feed_started:
             return
         self._feed_started = True
-        await self.nc.subscribe(
-            subjects.journal_feed_subject("task.*"),
-            cb=self._on_record,
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=1024 * 1024 * 1024,
-        )
+        await subscribe_inline(self.nc, subjects.journal_feed_subject("task.*"), self._on_record)
         self.records.new_epoch()
 
-    async def _on_record(self, msg: Msg) -> None:
+    def _on_record(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
         headers = msg.headers or {}
         try:
@@ -544,10 +540,11 @@ class Journal:
         subscription per key pattern, no JetStream consumer). ``None`` means "re-read"."""
         queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         key = subjects.record_key(task_id)
-        subs = [await self.nc.subscribe(subjects.journal_feed_subject(key), cb=queue.put)]
-        if buffers:
-            pattern = subjects.journal_feed_subject(f"{key}.*")
-            subs.append(await self.nc.subscribe(pattern, cb=queue.put))
+        patterns = [key, f"{key}.*"] if buffers else [key]
+        subs = [
+            await subscribe_inline(self.nc, subjects.journal_feed_subject(p), queue.put_nowait)
+            for p in patterns
+        ]
         self._reread.add(queue)
         try:
             yield queue

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from hub.config import Settings
 from hub.errors import HubError, TaskExpired, TaskNotFound
 from hub.nats import subjects
+from hub.nats.inline import subscribe_inline
 from hub.pool import Grant, Pool, Taker
 from hub.queue import Delivery
 
@@ -92,7 +93,7 @@ class Nodes:
             log.error("background task failed", exc_info=task.exception())
 
     async def start(self) -> None:
-        await self.pool.nc.subscribe(subjects.cancel_subject("*"), cb=self._cancelled)
+        await subscribe_inline(self.pool.nc, subjects.cancel_subject("*"), self._cancelled)
         self.spawn(self._dispatch_loop())
 
     async def close(self) -> None:
@@ -175,7 +176,7 @@ class Nodes:
         if delivery is not None:
             self.spawn(self.pool.unoffer(delivery))
 
-    async def _cancelled(self, msg: Msg) -> None:
+    def _cancelled(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
         for session in self.sessions.values():
             attempt = session.held.pop(task_id, None)

@@ -27,6 +27,7 @@ from hub.lifecycle import Verdict
 from hub.model import Priority, Route, Status, TaskRecord, TaskSpec, validate_task_id
 from hub.nats import subjects
 from hub.nats.errors import nats_errors
+from hub.nats.inline import subscribe_inline
 from hub.nats.topology import Topology
 from hub.queue import DeadLetter, Delivery, Queue, Stored
 from hub.scheduling import PriorityScheduler
@@ -101,9 +102,9 @@ class Pool:
 
     async def start(self) -> None:
         """Listen to the doorbell: each stored task rings it (headers only) with its subject."""
-        self._bell_sub = await self.nc.subscribe(subjects.bell_subject(), cb=self._ring)
+        self._bell_sub = await subscribe_inline(self.nc, subjects.bell_subject(), self._ring)
 
-    async def _ring(self, msg: Msg) -> None:
+    def _ring(self, msg: Msg) -> None:
         try:
             priority, route = subjects.parse_task_subject(msg.subject)
         except HubError:

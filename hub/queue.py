@@ -27,6 +27,7 @@ from hub.errors import InvalidTask
 from hub.model import Priority, Route, TaskRecord, validate_task_id
 from hub.nats import subjects
 from hub.nats.errors import RETRY_BUDGET_S, nats_errors, retrying
+from hub.nats.inline import subscribe_inline
 from hub.nats.requests import Requests
 from hub.nats.subjects import ConsumerName
 
@@ -106,48 +107,70 @@ class _Puller:
     """No-wait pulls from one durable consumer through a dedicated inbox.
 
     An empty ``fetch()`` waits out its whole timeout; a no-wait pull answers at once with a
-    404 status, so an empty priority costs one round trip, not a timeout.
+    404 status, so an empty priority costs one round trip, not a timeout. The inbox is read
+    inline (``hub.nats.inline``): each delivery is appended as it is read, and the pull wakes
+    once, when its batch is full or the status says there is no more.
     """
 
     def __init__(self, nc: NATS, name: ConsumerName) -> None:
         self.nc, self.name = nc, name
         self.api = f"$JS.API.CONSUMER.MSG.NEXT.{name.stream}.{name.durable}"
-        self.inbox = nc.new_inbox()
+        self.inbox = ""
         self.sub: Subscription | None = None
         self.lock = asyncio.Lock()
+        self._batch = 0
+        self._got: list[Msg] = []
+        self._done: asyncio.Future[bool] | None = None
 
     async def pull(self, batch: int, timeout_s: float) -> list[Msg]:
         async with self.lock:
             if self.sub is None:
-                self.sub = await self.nc.subscribe(self.inbox)
+                inbox = self.inbox = self.nc.new_inbox()
+                self.sub = await subscribe_inline(
+                    self.nc, inbox, lambda msg: self._on_msg(inbox, msg)
+                )
+            loop = asyncio.get_running_loop()
+            self._batch, self._got = batch, []
+            self._done = done = loop.create_future()
+            timer = loop.call_later(timeout_s, _finish, done)
             request = json.dumps({"batch": batch, "no_wait": True}).encode()
-            await self.nc.publish(self.api, request, reply=self.inbox)
-            out: list[Msg] = []
             try:
-                while len(out) < batch:
-                    try:
-                        msg = await self.sub.next_msg(timeout=timeout_s)
-                    except nats.errors.TimeoutError:
-                        self._abandon_inbox()
-                        break
-                    if msg.headers and msg.headers.get("Status"):
-                        break
-                    out.append(msg)
+                await self.nc.publish(self.api, request, reply=self.inbox)
+                if not await done:
+                    self._abandon_inbox()
             except BaseException:  # cancelled mid-pull (a replica stopping)
                 self._abandon_inbox()
                 raise
-            return out
+            finally:
+                timer.cancel()
+                self._done = None
+            return self._got
+
+    def _on_msg(self, inbox: str, msg: Msg) -> None:
+        done = self._done
+        if inbox != self.inbox or done is None or done.done():
+            return  # the late answer to a pull cut short: its deliveries come back after ack_wait
+        if msg.headers and msg.headers.get("Status"):
+            done.set_result(True)
+            return
+        self._got.append(msg)
+        if len(self._got) >= self._batch:
+            done.set_result(True)
 
     def _abandon_inbox(self) -> None:
         """After a pull cut short, its answer may still come: pull through a new inbox from now
-        on, so a late reply is not read by the next pull, nor left unread in this one (a
-        connection drain waits for every subscription's queue to empty: 30 s at shutdown)."""
-        sub, self.sub = self.sub, None
-        self.inbox = self.nc.new_inbox()
+        on, so a late reply is not taken for the next pull's."""
+        sub, self.sub, self.inbox = self.sub, None, ""
         if sub is not None:
             task = asyncio.ensure_future(_unsubscribe(sub))
             _background.add(task)
             task.add_done_callback(_background.discard)
+
+
+def _finish(done: asyncio.Future[bool]) -> None:
+    """A pull's timer ran out: it ends with what it got (False: cut short)."""
+    if not done.done():
+        done.set_result(False)
 
 
 _background: set[asyncio.Future[None]] = set()

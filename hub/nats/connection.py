@@ -29,11 +29,9 @@ async def connect(
     """A client that reconnects for ever; ``on_reconnect`` re-creates what a restart loses."""
 
     async def error_cb(exc: Exception) -> None:
+        # The hub's subscriptions are read inline (hub.nats.inline): none has a queue to drop
+        # a message from, so a slow consumer here is nats-server's, which disconnects it.
         log.debug("nats error: %s", exc)
-        if isinstance(exc, nats.errors.SlowConsumerError) and on_reconnect is not None:
-            # a message was dropped: whatever was built from the stream of messages is suspect
-            log.warning("nats slow consumer on %s: re-reading", exc.subject)
-            await on_reconnect()
 
     async def disconnected_cb() -> None:
         if not (nc.is_closed or nc.is_draining):

@@ -3,8 +3,9 @@
 Every task costs the replica several awaited NATS requests, and nats-py's ``request()`` spends
 more Python CPU on each than nats-server does: a random token from ``os.urandom`` per call, a
 done-callback, ``asyncio.wait_for`` with its extra future, and for JetStream a ``PubAck``
-dataclass built by reflection. Here one wildcard inbox carries every reply, tokens come from a
-counter, a timer handle bounds the wait, and a publish ack is read as plain JSON. The errors
+dataclass built by reflection. Here one wildcard inbox carries every reply (read inline, see
+``hub.nats.inline``), tokens come from a counter, a timer handle bounds the wait, and a publish
+ack is read as plain JSON. The errors
 raised are nats-py's own, so ``hub.nats.errors`` treats them as it treats nats-py's.
 """
 
@@ -18,6 +19,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from hub.nats.inline import subscribe_inline
 
 __all__ = ("Requests",)
 
@@ -42,10 +45,10 @@ class Requests:
         async with self._subscribing:
             if not self._prefix:
                 prefix = self.nc.new_inbox() + "."
-                await self.nc.subscribe(prefix + "*", cb=self._reply)
+                await subscribe_inline(self.nc, prefix + "*", self._reply)
                 self._prefix = prefix
 
-    async def _reply(self, msg: Msg) -> None:
+    def _reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if future is not None and not future.done():
             future.set_result(msg)
