@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import grpc
 
@@ -39,6 +39,32 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
+_M = TypeVar("_M")
+
+#: How long a stream waits for the replica to accept it before writing anyway (a replica older
+#: than this protocol sends no initial metadata until its first reply).
+ACCEPT_WAIT_S = 2.0
+
+
+async def once_accepted(
+    call: Callable[[], grpc.aio.Call], messages: AsyncIterator[_M]
+) -> AsyncIterator[_M]:
+    """A streaming call's ``messages``, sent only once the server accepted the call (its
+    initial metadata came); none if it refused (the call ended) instead.
+
+    A write still in flight when the server refuses (a wrong token) fails, and grpcio then
+    replaces the server's status with ``INTERNAL`` (grpc/grpc#36066): a caller would see
+    "Internal error from Core" instead of ``UNAUTHENTICATED``.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ACCEPT_WAIT_S):
+            await call().initial_metadata()
+    if call().done():
+        return
+    async for message in messages:
+        yield message
+
+
 class _SubmitStream:
     """One SubmitStream call shared by every ``submit()`` of a client.
 
@@ -53,7 +79,8 @@ class _SubmitStream:
         self.outbox: Outbox[tasks_pb2.SubmitCall | None] = Outbox.of_messages()
         self.refs = itertools.count(1)
         self.closed = False
-        self.call = stub.SubmitStream(self._calls(), metadata=metadata)
+        calls = once_accepted(lambda: self.call, self._calls())
+        self.call = stub.SubmitStream(calls, metadata=metadata)
         self.reader = asyncio.ensure_future(self._read())
 
     async def submit(

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from hub.buffers import HeadTail, Unwritten
-from hub.client import channel_options
+from hub.client import channel_options, once_accepted
 from hub.grpc.convert import buffer_to_pb
 from hub.grpc.outbox import Outbox, unbatch
 from hub.v1 import nodes_pb2 as pb
@@ -205,7 +205,8 @@ class Node:
         async with grpc.aio.insecure_channel(addr, options=channel_options()) as channel:
             stub = nodes_pb2_grpc.NodeServiceStub(channel)
             end = object()
-            call = stub.Connect(self._requests(end), metadata=self.metadata)
+            requests = once_accepted(lambda: call, self._requests(end))
+            call = stub.Connect(requests, metadata=self.metadata)
             heartbeat: asyncio.Task[None] | None = None
             try:
                 async for received in call:

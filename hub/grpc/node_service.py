@@ -68,6 +68,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         request_iterator: AsyncIterator[pb.NodeMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.HubMessage]:
+        await context.send_initial_metadata(())  # accepted: the node may send its hello
         outbox: _Outbox = Outbox.of_messages()
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from grpchub import STEP_S, GrpcHub, addr
 from hubtest import TcpProxy, eventually
 
+from hub import client as client_module
 from hub.client import Client, ClientError
 from hub.dev.cluster import free_ports
 from hub.node import TaskContext
@@ -121,6 +123,52 @@ async def test_unauthenticated_stream_fails_every_call(e2e_hub: GrpcHub) -> None
     )
     assert [getattr(r, "code", r) for r in results] == ["UNAUTHENTICATED"] * 3
     assert await e2e_hub.journal_messages(replica) == 0
+
+
+async def test_a_refusal_is_reported_even_while_the_client_is_writing(e2e_hub: GrpcHub) -> None:
+    """A write still in flight when the server refuses the stream would turn its status into
+    INTERNAL (grpc/grpc#36066). 32 submits of 200 KB on a wrong token are several writes."""
+    replica = await e2e_hub.replica(token="s3cret")
+    codes = set()
+    for _ in range(5):
+        client = e2e_hub.client(replica, token="wrong")
+        results = await asyncio.gather(
+            *(client.submit("echo", b"x" * 200_000) for _ in range(32)), return_exceptions=True
+        )
+        codes |= {getattr(r, "code", repr(r)) for r in results}
+    assert codes == {"UNAUTHENTICATED"}
+    assert await e2e_hub.journal_messages(replica) == 0
+
+
+class _SilentAcceptance(tasks_pb2_grpc.TaskServiceServicer):
+    """A SubmitStream that, like replicas before this protocol, sends no initial metadata
+    before its first reply."""
+
+    async def SubmitStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        async for batch in request_iterator:
+            for call in batch.calls:
+                yield tasks_pb2.SubmitReplies(
+                    replies=[tasks_pb2.SubmitReply(ref=call.ref, code="ABORTED", message="old")]
+                )
+
+
+async def test_a_replica_that_does_not_say_it_accepted_is_written_to_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "ACCEPT_WAIT_S", 0.2)
+    server = grpc.aio.server()
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(_SilentAcceptance(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = Client(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(ClientError) as err:
+            async with asyncio.timeout(STEP_S):
+                await client.submit("echo", b"x")
+        assert (err.value.code, err.value.message) == ("ABORTED", "old")
+    finally:
+        await client.close()
+        await server.stop(0)
 
 
 async def test_a_broken_stream_is_replaced_and_the_retry_keeps_the_task_id(
