@@ -52,8 +52,6 @@ BUFFERS = ("stdout", "thoughts")
 CAS_RETRIES = 10
 CACHE_SIZE = 20_000
 DECODED_SIZE = 2_000
-#: Records evicted from the cache whose revision and JSON hash are still known.
-EVICTED_SIZE = 100_000
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
@@ -85,20 +83,15 @@ class RecordCache:
     Each entry keeps the record's JSON; only the ``decoded`` most recent are also kept decoded.
     JSON and revisions are bytes and ints, which the garbage collector does not track: a full
     cache of decoded records was about 60,000 more objects (three per record) for every full
-    collection to walk, which made claims dearer the deeper the backlog. Past ``size`` a record
-    leaves only its revision and the hash of its JSON (``evicted`` of them): enough to tell that
-    a record handed over in full (a task message's) is that revision's, without a read.
+    collection to walk, which made claims dearer the deeper the backlog.
     """
 
-    def __init__(
-        self, size: int = CACHE_SIZE, decoded: int = DECODED_SIZE, evicted: int = EVICTED_SIZE
-    ) -> None:
-        self.size, self.decoded_size, self.evicted_size = size, decoded, evicted
+    def __init__(self, size: int = CACHE_SIZE, decoded: int = DECODED_SIZE) -> None:
+        self.size, self.decoded_size = size, decoded
         self.epoch = 0  # 0: no feed yet, nothing is current
         # task id -> (revision, epoch, record JSON; b"" for a tombstone)
         self._known: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
         self._decoded: OrderedDict[str, tuple[int, TaskRecord]] = OrderedDict()
-        self._evicted: dict[str, tuple[int, int]] = {}  # task id -> (revision, hash of JSON)
 
     def new_epoch(self) -> None:
         self.epoch += 1
@@ -107,19 +100,13 @@ class RecordCache:
         self, task_id: str, revision: int, raw: bytes, record: TaskRecord | None = None
     ) -> None:
         """Remember a revision: its JSON (b"" for a tombstone), and the record if decoded."""
-        known = self._known.get(task_id) or self._evicted.get(task_id)
+        known = self._known.get(task_id)
         if known is not None and known[0] > revision:
             return
         self._known[task_id] = (revision, self.epoch, raw)
         self._known.move_to_end(task_id)
-        self._evicted.pop(task_id, None)
         if len(self._known) > self.size:
-            old, (old_revision, _, old_raw) = self._known.popitem(last=False)
-            self._decoded.pop(old, None)
-            if old_raw:
-                self._evicted[old] = (old_revision, hash(old_raw))
-                if len(self._evicted) > self.evicted_size:
-                    del self._evicted[next(iter(self._evicted))]
+            self._decoded.pop(self._known.popitem(last=False)[0], None)
         if record is not None:
             self._keep(task_id, revision, record)
 
@@ -150,35 +137,20 @@ class RecordCache:
         known = self._known.get(task_id)
         return known is not None and known[0] == revision and known[1] == self.epoch
 
-    def revision_of(self, task_id: str, raw: bytes) -> int | None:
-        """The revision whose record is exactly ``raw``, if this replica knows it."""
-        known = self._known.get(task_id)
-        if known is not None:
-            return known[0] if known[2] == raw else None
-        evicted = self._evicted.get(task_id)
-        return evicted[0] if evicted is not None and evicted[1] == hash(raw) else None
-
     def forget(self, task_id: str) -> None:
         self._known.pop(task_id, None)
         self._decoded.pop(task_id, None)
-        self._evicted.pop(task_id, None)
 
 
-def _hinted(
-    task_id: str, hint: tuple[int, bytes] | None, records: RecordCache
-) -> tuple[TaskRecord, int] | None:
-    """A hint's record and revision, if it decodes and is this task's (a message's header is
-    input); a hint without its revision (0) is used when the cache knows that record's."""
+def _hinted(task_id: str, hint: tuple[int, bytes] | None) -> tuple[TaskRecord, int] | None:
+    """A hint's record, if it decodes and is this task's (a message's header is input)."""
     if hint is None:
-        return None
-    revision = hint[0] or records.revision_of(task_id, hint[1])
-    if not revision:
         return None
     try:
         record = TaskRecord.from_json(hint[1])
     except (ValueError, KeyError, TypeError, AttributeError, HubError):
         return None
-    return (record, revision) if record.id == task_id else None
+    return (record, hint[0]) if record.id == task_id else None
 
 
 def _known_or_raise(
@@ -326,13 +298,12 @@ class Journal:
 
         ``change`` may raise a HubError (stale attempt, already finished): nothing is written.
         ``hint`` is a (revision, record JSON) the caller was handed, tried when this replica
-        has no copy of the record, instead of reading it: the compare-and-set on that revision
-        proves it still current, and a conflict re-reads as for any other. A revision of 0
-        (not known when the JSON was handed over) is looked up by the JSON's hash.
+        knows nothing of the record, instead of reading it: the compare-and-set on that
+        revision proves it still current, and a conflict re-reads as for any other.
         """
         for attempt in range(CAS_RETRIES):
             cached = attempt == 0 and self.records.get(task_id) is not None
-            hinted = None if cached or attempt else _hinted(task_id, hint, self.records)
+            hinted = None if cached or attempt else _hinted(task_id, hint)
             if hinted is not None:
                 (record, revision), cached = hinted, True
             else:
@@ -590,7 +561,12 @@ class Journal:
         and reads from memory when the feed guarantees the copy is the latest (no round trip);
         an unknown task raises TaskNotFound at once, an expired one TaskExpired.
         """
-        async with self._waiting(task_id) as queue:
+        await self.start()
+        queue: asyncio.Queue[Msg | TaskRecord | None] = asyncio.Queue()
+        waiters = self._waiters.setdefault(task_id, set())
+        waiters.add(queue)
+        self._reread.add(queue)
+        try:
             record = await self._current(task_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
@@ -603,40 +579,11 @@ class Journal:
                         else:
                             record = self._from_feed(task_id, item) or record
             return record
-
-    @contextlib.asynccontextmanager
-    async def _waiting(self, task_id: str) -> AsyncIterator[asyncio.Queue[Msg | TaskRecord | None]]:
-        """A queue fed with the task's committed records (ours, and the feed's), or None for
-        "re-read" after a reconnect."""
-        await self.start()
-        queue: asyncio.Queue[Msg | TaskRecord | None] = asyncio.Queue()
-        waiters = self._waiters.setdefault(task_id, set())
-        waiters.add(queue)
-        self._reread.add(queue)
-        try:
-            yield queue
         finally:
             self._reread.discard(queue)
             waiters.discard(queue)
             if not waiters:
                 self._waiters.pop(task_id, None)
-
-    async def appeared(self, task_id: str, timeout_s: float) -> bool:
-        """Whether the task's record exists, waiting up to ``timeout_s`` for it to be created.
-
-        A submit publishes the task beside its journal create, so a replica can be handed the
-        message before the create has landed. Registers with the feed before reading, as
-        ``wait`` does; a tombstone raises TaskExpired.
-        """
-        async with self._waiting(task_id) as queue:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    while True:
-                        with contextlib.suppress(TaskNotFound):
-                            await self.read(task_id, fresh=True)
-                            return True
-                        await queue.get()
-            return False
 
     async def _reread_record(self, task_id: str, known: TaskRecord) -> TaskRecord:
         try:

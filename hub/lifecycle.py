@@ -79,19 +79,13 @@ def same_task(record: TaskRecord, spec: TaskSpec) -> None:
             raise DuplicateTask(record.id, what)
 
 
-def judge_delivery(
-    record: TaskRecord, seq: int, generation: int, created: float | None = None
-) -> Verdict:
+def judge_delivery(record: TaskRecord, seq: int, generation: int) -> Verdict:
     """Decide a delivery before claiming it.
 
     A message from an older generation, for a finished task, or a second copy of an active
-    task (a re-submit beyond the dedupe window stores a new message) is dropped. So is one of
-    another submit of the same id (``created`` differs from the record's): a submit publishes
-    beside its journal create, before it knows whether the id was taken. A message from a newer
-    generation means a replay was published before the journal caught up: claim it.
+    task (a re-submit beyond the dedupe window stores a new message) is dropped. A message from
+    a newer generation means a replay was published before the journal caught up: claim it.
     """
-    if created is not None and created != record.created_at:
-        return Verdict.DROP
     if generation < record.generation:
         return Verdict.DROP
     if generation > record.generation:
@@ -118,14 +112,13 @@ def claim(
     lease_s: float,
     now: float,
     running: bool = False,
-    created: float | None = None,
 ) -> TaskRecord:
     """Grant the task to ``node`` as a new attempt; a previous holder is fenced by the new epoch.
 
     ``running=True`` when the node claimed it to start at once (the node protocol), which
     saves the separate ``start`` write.
     """
-    if judge_delivery(record, seq, generation, created) is not Verdict.CLAIM:
+    if judge_delivery(record, seq, generation) is not Verdict.CLAIM:
         raise WrongState(record.id, record.status, "claim")
     history = record.history
     if generation > record.generation:

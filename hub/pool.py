@@ -26,10 +26,10 @@ from hub.journal import Journal
 from hub.lifecycle import Verdict
 from hub.model import Priority, Route, Status, TaskRecord, TaskSpec, validate_task_id
 from hub.nats import subjects
-from hub.nats.errors import RETRY_BUDGET_S, nats_errors
+from hub.nats.errors import nats_errors
 from hub.nats.inline import subscribe_inline
 from hub.nats.topology import Topology
-from hub.queue import FIND_SKEW_S, DeadLetter, Delivery, Queue, Stored
+from hub.queue import DeadLetter, Delivery, Queue, Stored
 from hub.scheduling import PriorityScheduler
 
 __all__ = ("Counts", "Grant", "Pool", "Taker")
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
 ROUTE_REFRESH_S = 5.0
-#: How long a claim waits for the record of a task published beside its create, and how long
-#: the message is handed back for when it did not come.
-CREATE_WAIT_S = 1.0
 #: Every priority is pulled at least this often, rung or not: redeliveries (lease expiry, a
 #: delayed nak) and another replica's hand-backs ring no doorbell.
 RESCAN_S = 0.5
@@ -126,35 +123,20 @@ class Pool:
 
     async def submit(self, spec: TaskSpec) -> tuple[TaskRecord, bool]:
         """Record and enqueue a task; the existing record if the id was seen (idempotent, also
-        long after the dedupe window, because the journal remembers the id).
-
-        The message is published beside the journal create, not after it: one stored write
-        less to wait for (an fsync each with ``sync: always``). A node can therefore be handed
-        the task before its record lands (``claim`` waits for it), and a repeated submit of a
-        taken id past the dedupe window stores a copy of its own: removed here, and never run
-        meanwhile (its ``Hub-Created`` is not the record's).
-        """
+        long after the dedupe window, because the journal remembers the id)."""
         spec = spec.validated(self.settings.max_payload_bytes, self.settings.max_attempts)
         if spec.route.capabilities:
             await self.topology.ensure_consumer(spec.priority, spec.route)
         new = lifecycle.submitted(spec, self.clock())
         raw = new.to_json()
-        outcome, published = await asyncio.gather(
-            self.journal.create(new, raw),
-            self.queue.publish(new, spec.payload, 0, raw),
-            return_exceptions=True,
-        )
-        if isinstance(outcome, BaseException):
-            raise outcome
-        record, revision, created = outcome
-        if created and isinstance(published, BaseException):
-            raise published  # recorded, not queued: a retry of the submit publishes again
+        record, revision, created = await self.journal.create(new, raw)
         if not created:
-            if not isinstance(published, BaseException):
-                await self.queue.remove(new.priority, published)  # this submit's own copy
             lifecycle.same_task(record, spec)
-            if record.status is Status.QUEUED and not record.tries and await self._lost(record):
-                await self.queue.publish(record, spec.payload, revision)
+            raw = b""
+        if created or (
+            record.status is Status.QUEUED and not record.tries and await self._lost(record)
+        ):
+            await self.queue.publish(record, spec.payload, revision, raw)
         log.info(
             "submitted task=%s kind=%s priority=%s route=%s new=%s",
             record.id,
@@ -250,10 +232,9 @@ class Pool:
         acked away, and one that used up its attempts is moved to the DLQ.
         """
         now = self.clock()
-        created = delivery.created
 
         def change(record: TaskRecord) -> TaskRecord:
-            verdict = lifecycle.judge_delivery(record, delivery.seq, delivery.generation, created)
+            verdict = lifecycle.judge_delivery(record, delivery.seq, delivery.generation)
             if verdict is not Verdict.CLAIM:
                 raise _Skip(verdict)
             return lifecycle.claim(
@@ -266,22 +247,11 @@ class Pool:
                 lease_s=self.settings.ack_wait_s,
                 now=now,
                 running=running,
-                created=created,
             )
 
-        hint = delivery.submitted if delivery.deliveries == 1 else None
         try:
-            try:
-                record = await self.journal.update(delivery.task_id, change, hint=hint)
-            except TaskNotFound:
-                if not self._recent(created):
-                    raise
-                # Published beside its journal create (submit), which has not landed yet.
-                if not await self.journal.appeared(delivery.task_id, CREATE_WAIT_S):
-                    log.info("task=%s not recorded yet: handed back", delivery.task_id)
-                    await self.queue.nak(delivery.ack_subject, CREATE_WAIT_S)
-                    return None
-                record = await self.journal.update(delivery.task_id, change)
+            hint = delivery.submitted if delivery.deliveries == 1 else None
+            record = await self.journal.update(delivery.task_id, change, hint=hint)
         except (TaskNotFound, TaskExpired):
             log.warning("dropping message of unknown task=%s", delivery.task_id)
             await self.queue.ack(delivery.ack_subject)
@@ -300,14 +270,6 @@ class Pool:
             delivery.deliveries,
         )
         return Grant(record, delivery.payload)
-
-    def _recent(self, created: float | None) -> bool:
-        """Whether a message's submit may still be writing its record: its create is retried
-        for up to the retry budget, and replicas' clocks differ."""
-        if created is None:
-            return False
-        budget = RETRY_BUDGET_S + self.settings.request_timeout_s + FIND_SKEW_S
-        return self.clock() - created < budget
 
     async def take(
         self, node: str, capabilities: frozenset[str] = frozenset(), slots: int = 1
@@ -523,9 +485,7 @@ class Pool:
                 seq = stored.seq
 
                 def change(record: TaskRecord, stored: Stored = stored) -> TaskRecord:
-                    verdict = lifecycle.judge_delivery(
-                        record, stored.seq, stored.generation, stored.created
-                    )
+                    verdict = lifecycle.judge_delivery(record, stored.seq, stored.generation)
                     if verdict is Verdict.DROP:
                         raise _Skip(verdict)
                     return lifecycle.expire(record, now, ttl)

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,7 +57,6 @@ class Delivery:
     seq: int
     deliveries: int
     submitted: tuple[int, bytes] | None = None  # (revision, record JSON) as published
-    created: float | None = None  # the publishing submit's record (None: an older hub's message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +68,6 @@ class Stored:
     generation: int
     payload: bytes
     stamp: float
-    created: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,23 +192,21 @@ class Queue:
     ) -> int:
         """Publish the task's message for its current generation; safe to retry.
 
-        The message id is ``<task id>.<generation>.<created>``: a retry after a timeout (which
-        may have been stored) is a duplicate, while a replay (next generation) or another
-        submit of the id is not. ``Hub-Created`` names that submit for a claim, which runs only
-        the copy of the submit the journal recorded. The record rides along (``raw``: already
-        encoded) with its ``revision`` (0 when not known yet), so its claim needs no journal
-        read, even when a deep backlog has pushed the record out of every replica's cache.
+        The message id is ``<task id>.<generation>``: a retry after a timeout (which may have
+        been stored) is a duplicate, while a replay (next generation) is not. With the record's
+        ``revision``, the record rides along (``raw``: already encoded), so its first claim
+        needs no journal read (with a deep backlog the record has long left every replica's
+        cache).
         """
         subject = subjects.task_subject(record.priority, record.route)
-        created = record.created_at
         headers = {
-            subjects.HEADER_MSG_ID: subjects.msg_id(record.id, record.generation, created),
+            subjects.HEADER_MSG_ID: subjects.msg_id(record.id, record.generation),
             subjects.HEADER_TASK: record.id,
             subjects.HEADER_KIND: record.kind,
             subjects.HEADER_GENERATION: str(record.generation),
-            subjects.HEADER_CREATED: repr(created),
         }
-        headers[subjects.HEADER_RECORD] = f"{revision} {(raw or record.to_json()).decode()}"
+        if revision:
+            headers[subjects.HEADER_RECORD] = f"{revision} {(raw or record.to_json()).decode()}"
         return await self._publish(subject, payload, headers)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
@@ -254,7 +249,6 @@ class Queue:
             seq=ack.stream_seq,
             deliveries=ack.deliveries,
             submitted=_submitted(headers.get(subjects.HEADER_RECORD, "")),
-            created=_created(headers),
         )
 
     async def ack(self, ack_subject: str) -> None:
@@ -314,7 +308,6 @@ class Queue:
             generation=int(headers.get(subjects.HEADER_GENERATION, "1")),
             payload=msg.data or b"",
             stamp=_timestamp(msg.time),
-            created=_created(headers),
         )
 
     async def find(self, record: TaskRecord) -> int | None:
@@ -348,11 +341,9 @@ class Queue:
                     raise nats.js.errors.APIError.from_error(answer["error"])
             found = answer["message"]
             headers = _headers(base64.b64decode(found.get("hdrs") or ""))
-            if (
-                headers.get(subjects.HEADER_TASK) == record.id
-                and headers.get(subjects.HEADER_GENERATION, "1") == str(record.generation)
-                and _created(headers) in (None, record.created_at)
-            ):
+            if headers.get(subjects.HEADER_TASK) == record.id and headers.get(
+                subjects.HEADER_GENERATION, "1"
+            ) == str(record.generation):
                 return int(found["seq"])
             if _timestamp(found.get("time")) > until:
                 return 0
@@ -407,14 +398,6 @@ class Queue:
 def _submitted(header: str) -> tuple[int, bytes] | None:
     revision, _, record = header.partition(" ")
     return (int(revision), record.encode()) if revision.isdigit() and record else None
-
-
-def _created(headers: Mapping[str, str]) -> float | None:
-    """The ``Hub-Created`` stamp; None when absent or unreadable (then not checked)."""
-    try:
-        return float(headers[subjects.HEADER_CREATED])
-    except (KeyError, ValueError):
-        return None
 
 
 def _headers(block: bytes) -> dict[str, str]:

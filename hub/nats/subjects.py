@@ -16,7 +16,6 @@ from hub.model import Priority, Route, validate_task_id
 
 __all__ = (
     "DLQ_STREAM",
-    "HEADER_CREATED",
     "HEADER_GENERATION",
     "HEADER_KIND",
     "HEADER_MSG_ID",
@@ -51,11 +50,8 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TASK = "Hub-Task"
 HEADER_KIND = "Hub-Kind"
 HEADER_GENERATION = "Hub-Generation"
-#: ``<revision> <record JSON>`` of the record as published (revision 0: not known yet): its
-#: claim needs no journal read.
+#: ``<revision> <record JSON>`` of the record as submitted: a first claim needs no journal read.
 HEADER_RECORD = "Hub-Record"
-#: The record's ``created_at``: which submit of the task id published the message.
-HEADER_CREATED = "Hub-Created"
 HEADER_ERROR = "Hub-Error"
 
 
@@ -139,11 +135,9 @@ def route_of_durable(durable: str) -> Route | None:
     return None
 
 
-def msg_id(task_id: str, generation: int, created: float) -> str:
-    """Per-generation message id: a DLQ replay inside the dedupe window is not a duplicate.
-    Per submit too (``created``): a repeated submit of a taken id publishes a copy of its own
-    (removed once the journal says the id is taken), which must not be taken for the first."""
-    return f"{task_id}.{generation}.{created!r}"
+def msg_id(task_id: str, generation: int) -> str:
+    """Per-generation message id: a DLQ replay inside the dedupe window is not a duplicate."""
+    return f"{task_id}.{generation}"
 
 
 def dlq_subject(task_id: str) -> str:

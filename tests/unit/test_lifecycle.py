@@ -211,16 +211,6 @@ def test_judge_delivery() -> None:
         claimed(done)
 
 
-def test_judge_delivery_runs_only_the_recorded_submits_message() -> None:
-    q = queued()
-    assert lifecycle.judge_delivery(q, 7, 1, q.created_at) is Verdict.CLAIM
-    assert lifecycle.judge_delivery(q, 7, 1, None) is Verdict.CLAIM  # an older hub's message
-    assert lifecycle.judge_delivery(q, 7, 1, q.created_at + 0.5) is Verdict.DROP  # another submit
-    assert lifecycle.judge_delivery(q, 7, 2, q.created_at + 0.5) is Verdict.DROP  # even if newer
-    with pytest.raises(WrongState):
-        claimed(q, created=q.created_at - 1)
-
-
 def test_history_is_bounded() -> None:
     r = queued(max_attempts=100)
     for d in range(1, 40):

@@ -63,15 +63,13 @@ def test_tombstones_and_currency() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["store", "get", "forget", "revision_of"]),
-            st.integers(0, 6),
-            st.integers(1, 9),
+            st.sampled_from(["store", "get", "forget"]), st.integers(0, 6), st.integers(1, 9)
         ),
         max_size=60,
     )
 )
 def test_behaves_like_a_bounded_map_of_newest_revisions(ops: list[tuple[str, int, int]]) -> None:
-    cache = RecordCache(size=4, decoded=2, evicted=3)
+    cache = RecordCache(size=4, decoded=2)
     model: dict[str, int] = {}  # what an unbounded cache would answer
     for op, n, revision in ops:
         task_id = f"t{n}"
@@ -82,28 +80,12 @@ def test_behaves_like_a_bounded_map_of_newest_revisions(ops: list[tuple[str, int
         elif op == "forget":
             cache.forget(task_id)
             model.pop(task_id, None)
-        elif op == "revision_of":  # only the newest revision, and only for its exact JSON
-            found = cache.revision_of(task_id, record(task_id, attempt=revision).to_json())
-            assert found is None or found == revision == model[task_id]
         else:
             got = cache.get(task_id)
             if got is not None:  # (it may have been evicted: a bounded cache forgets)
                 assert task_id in model
                 assert got == (record(task_id, attempt=got[1]), model[task_id])
-        assert len(cache._known) <= 4 and len(cache._decoded) <= 2 and len(cache._evicted) <= 3
-
-
-def test_an_evicted_record_leaves_its_revision_for_its_exact_json() -> None:
-    cache = RecordCache(size=2, decoded=1, evicted=2)
-    for i in range(4):
-        r = record(f"t{i}")
-        cache.store(r.id, 100 + i, r.to_json(), r)
-    assert cache.get("t0") is None and cache.get("t1") is None  # out of the cache proper
-    assert cache.revision_of("t0", record("t0").to_json()) == 100
-    assert cache.revision_of("t0", record("t0", attempt=1).to_json()) is None  # other JSON
-    cache.store("t4", 104, record("t4").to_json())
-    assert cache.revision_of("t0", record("t0").to_json()) is None  # the index is bounded too
-    assert cache.revision_of("t1", record("t1").to_json()) == 101
+        assert len(cache._known) <= 4 and len(cache._decoded) <= 2
 
 
 def test_a_full_cache_gives_the_collector_little_to_walk() -> None:

@@ -6,23 +6,15 @@ from __future__ import annotations
 import pytest
 
 from hub import lifecycle
-from hub.journal import RecordCache, _hinted
+from hub.journal import _hinted
 from hub.model import TaskSpec
 
 RECORD = lifecycle.submitted(TaskSpec(kind="echo", id="t1").validated(1024, 3), 1.0)
-EMPTY = RecordCache()
 
 
 def test_a_good_hint_is_the_record_and_its_revision() -> None:
-    assert _hinted("t1", (7, RECORD.to_json()), EMPTY) == (RECORD, 7)
-    assert _hinted("t1", None, EMPTY) is None
-
-
-def test_a_hint_without_its_revision_needs_the_cache_to_know_that_json() -> None:
-    assert _hinted("t1", (0, RECORD.to_json()), EMPTY) is None
-    cache = RecordCache(size=0)  # evicted at once: only the revision and hash are left
-    cache.store("t1", 9, RECORD.to_json())
-    assert _hinted("t1", (0, RECORD.to_json()), cache) == (RECORD, 9)
+    assert _hinted("t1", (7, RECORD.to_json())) == (RECORD, 7)
+    assert _hinted("t1", None) is None
 
 
 @pytest.mark.parametrize(
@@ -37,8 +29,8 @@ def test_a_hint_without_its_revision_needs_the_cache_to_know_that_json() -> None
     ],
 )
 def test_a_malformed_hint_is_ignored(raw: bytes) -> None:
-    assert _hinted("t1", (7, raw), EMPTY) is None
+    assert _hinted("t1", (7, raw)) is None
 
 
 def test_another_tasks_record_is_ignored() -> None:
-    assert _hinted("t2", (7, RECORD.to_json()), EMPTY) is None
+    assert _hinted("t2", (7, RECORD.to_json())) is None

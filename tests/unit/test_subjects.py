@@ -87,10 +87,8 @@ def test_consumer_filters_are_disjoint_per_route() -> None:
     assert subjects.route_of_durable("somebody_else") is None
 
 
-def test_msg_id_changes_with_generation_and_submit() -> None:
-    assert subjects.msg_id("t1", 1, 5.0) != subjects.msg_id("t1", 2, 5.0)
-    assert subjects.msg_id("t1", 1, 5.0) != subjects.msg_id("t1", 1, 5.5)
-    assert subjects.msg_id("t1", 1, 5.0) == subjects.msg_id("t1", 1, 5.0)
+def test_msg_id_changes_with_generation() -> None:
+    assert subjects.msg_id("t1", 1) != subjects.msg_id("t1", 2)
 
 
 def test_parse_ack_v1() -> None:
