@@ -75,7 +75,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
         """Each call runs as its own task; replies go out as they finish, batched by the
         outbox. The stream ends once the client closed its half and every call is answered;
         a cancelled stream cancels the calls still waiting. The client writes only once the
-        stream is accepted (``hub.client.accepted``)."""
+        stream is accepted (``hub.client.once_accepted``)."""
         await context.send_initial_metadata(())  # accepted: the client may write now
         outbox: Outbox[tasks_pb2.SubmitReply | None] = Outbox.of_messages()
         calls: set[asyncio.Task[None]] = set()

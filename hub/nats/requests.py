@@ -5,8 +5,8 @@ more Python CPU on each than nats-server does: a random token from ``os.urandom`
 done-callback, ``asyncio.wait_for`` with its extra future, and for JetStream a ``PubAck``
 dataclass built by reflection. Here one wildcard inbox carries every reply (read inline, see
 ``hub.nats.inline``), tokens come from a counter, a timer handle bounds the wait, and a publish
-ack is read as plain JSON. The errors
-raised are nats-py's own, so ``hub.nats.errors`` treats them as it treats nats-py's.
+ack is read as plain JSON. The errors raised are nats-py's own, so ``hub.nats.errors`` treats
+them as it treats nats-py's.
 """
 
 from __future__ import annotations
