@@ -7,7 +7,9 @@ This measures, one at a time and nothing else in flight:
 - `js_publish`: a JetStream publish and its ack, the hub's own request path (`hub.nats.requests`),
   which is also what a journal compare-and-set costs;
 - `js_pull`: a no-wait pull of one stored message and its confirmed ack;
-- `grpc_rtt`: a unary gRPC call to a hub replica process (its health check) and back: two hops.
+- `grpc_rtt`: a unary gRPC call to a hub replica process (its health check) and back: two hops;
+- `grpc_stream_rtt`: one message each way on a bidirectional stream already open to the
+  replica (reflection's `list_services`), as the hub's SubmitStream and node streams carry them.
 
 For each: p50 and p99 in µs, and the Python CPU per operation (this process for NATS; this
 process and the replica's for gRPC), so that CPU bounds can be read too.
@@ -27,6 +29,7 @@ from pathlib import Path
 import grpc
 import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, add_rep_flags, percentile
@@ -105,6 +108,15 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
                 args.warmup,
                 rig.replica_pids,
             )
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+
+            async def exchange(_: int) -> None:
+                await stream.write(ask)
+                await stream.read()
+
+            out |= await _time("grpc_stream_rtt", exchange, args.ops, args.warmup, rig.replica_pids)
+            await stream.done_writing()
         return out
     finally:
         await nc.close()

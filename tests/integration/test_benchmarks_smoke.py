@@ -120,5 +120,5 @@ def test_backlog_ends_with_a_json_result(hold: bool) -> None:
 def test_floors_ends_with_a_json_result() -> None:
     result = run_bench(["floors.py", "--ops", "20", "--warmup", "5", "--reps", "1"])
     assert result["bench"] == "floors"
-    for step in ("js_publish", "js_pull", "grpc_rtt"):
+    for step in ("js_publish", "js_pull", "grpc_rtt", "grpc_stream_rtt"):
         assert result[f"{step}_p99_us"] >= result[f"{step}_p50_us"] > 0
