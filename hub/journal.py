@@ -74,7 +74,8 @@ class WatchEvent:
 
 class RecordCache:
     """What this replica knows of each record: the newest revision among its own writes, its
-    reads and the bucket's feed of committed writes (bounded, least recently used first out).
+    reads and the bucket's feed of committed writes (bounded, least recently stored first out;
+    a record pushed out is forgotten whole, and the compare-and-set catches a stale copy).
 
     An entry counts as *current* while the feed has run without a break since it was stored:
     every later write then reaches this replica through the feed. ``new_epoch()`` marks such
