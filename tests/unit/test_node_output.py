@@ -5,6 +5,7 @@ is congested, while the journal's head+tail stays exact."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,18 +99,32 @@ def test_output_past_head_and_tail_goes_as_an_exact_view(
         assert len(out.data) + len(out.tail) <= head_max + tail_max + FOLD_SLACK
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition``: 100 batch intervals at most."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(OUTPUT_BATCH_S / 2)
+    raise AssertionError("condition not met in time")
+
+
 async def test_a_congested_stream_holds_a_bounded_view_until_it_drains() -> None:
     sent: list[pb.NodeMessage] = []
-    congested = [True]
+    congested, asked = [True], [0]
+
+    def is_congested() -> bool:
+        asked[0] += 1
+        return congested[0]
+
     limits = (1024, 4096)
-    ctx = TaskContext("t1", "k", b"", 3, 0.0, sent.append, limits, lambda: congested[0])
+    ctx = TaskContext("t1", "k", b"", 3, 0.0, sent.append, limits, is_congested)
     for i in range(200):  # 20 MB, far past what the node may hold
         ctx.stdout(bytes([i]) * 100_000)
         assert len(ctx._unsent["stdout"].data) <= sum(limits) + FOLD_SLACK
-    await asyncio.sleep(OUTPUT_BATCH_S * 3)
-    assert sent == []  # the timer found the stream congested: nothing queued behind it
+    await until(lambda: asked[0] >= 2)  # the timer has come round and found it congested
+    assert sent == []  # nothing queued behind it
     congested[0] = False
-    await asyncio.sleep(OUTPUT_BATCH_S * 3)
+    await until(lambda: bool(sent))
     assert len(sent) == 1 and sent[0].output.dropped > 0
     whole = b"".join(bytes([i]) * 100_000 for i in range(200))
     assert (
@@ -144,10 +159,12 @@ async def test_a_node_without_a_stream_queues_a_bounded_amount() -> None:
     for i in range(tasks):
         node._start(pb.Grant(task_id=f"t{i}", kind="chatty", attempt=1))
     peak = 0
-    async with asyncio.timeout(60):
-        while node.running:
-            await asyncio.sleep(OUTPUT_BATCH_S / 2)
-            peak = max(peak, node._outbox.queued_bytes)
+    for _ in range(int(60 / (OUTPUT_BATCH_S / 2))):  # 60 s at most
+        if not node.running:
+            break
+        await asyncio.sleep(OUTPUT_BATCH_S / 2)
+        peak = max(peak, node._outbox.queued_bytes)
+    assert not node.running
     # Past the limit each task adds only its last batch and its result (which carries the
     # head+tail): without the limit, 16 tasks x a batch every 50 ms x 2 s came to 36 MB.
     assert peak <= OUTBOX_LIMIT_BYTES + tasks * 2 * batch
