@@ -42,7 +42,12 @@ def add_rep_flags(p: argparse.ArgumentParser, *, sync: str = "1s", reps: int = 3
     """`--sync`, `--reps` and `--loop`, the flags every NATS benchmark shares."""
     p.add_argument("--sync", choices=SYNC_MODES, default=sync, help="nats-server sync_interval")
     p.add_argument("--reps", type=int, default=reps, help="repetitions (fresh servers each)")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop")
+    p.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of every Python process the benchmark runs (HUB_EVENT_LOOP for the hub's)",
+    )
 
 
 T = TypeVar("T")

@@ -61,8 +61,10 @@ class HubRig:
         replica_env: dict[str, str] | None = None,
         node_args: Sequence[str] = (),
         start_nodes: bool = True,
+        loop: str = "uvloop",
     ) -> None:
         self.n_replicas, self.n_nodes, self.slots, self.sync = replicas, nodes, slots, sync
+        self.loop = loop  # HUB_EVENT_LOOP of every replica and node
         self.replica_env = replica_env or {}
         self.node_args = list(node_args)
         self.start_nodes = start_nodes
@@ -93,7 +95,11 @@ class HubRig:
             addr = f"127.0.0.1:{port}"
             log = self.tmp / f"replica-{i}.log"
             env = hub_env(
-                nats_url=self.nats.url, grpc_addr=addr, nats_sync=self.sync, **self.replica_env
+                nats_url=self.nats.url,
+                grpc_addr=addr,
+                nats_sync=self.sync,
+                event_loop=self.loop,
+                **self.replica_env,
             )
             pid = spawn([sys.executable, "-m", "hub", "serve"], log_path=log, env=env)
             self.replica_pids.append(pid)
@@ -111,7 +117,7 @@ class HubRig:
         argv = [sys.executable, "-m", "hub", "node", "--id", node_id, "--hub", ",".join(rot)]
         argv += ["--slots", str(slots or self.slots), *self.node_args]
         log = self.tmp / f"node-{node_id}.log"
-        env = hub_env()  # benchmarks/ on the path, for `--handlers _handlers`
+        env = hub_env(event_loop=self.loop)  # benchmarks/ on the path, for `--handlers _handlers`
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
         pid = spawn(argv, log_path=log, env=env)
         self.node_pids.append(pid)
@@ -157,10 +163,16 @@ class HubRig:
         await self.stop()
 
 
-def handler_rig(tasks: int, nodes: int, sync: str) -> HubRig:
+def handler_rig(args: argparse.Namespace) -> HubRig:
     """A rig whose nodes run the benchmark kinds of `_handlers.py`, with a slot for each task."""
-    slots = max(1, math.ceil(tasks / nodes))
-    return HubRig(nodes=nodes, slots=slots, sync=sync, node_args=["--handlers", "_handlers"])
+    slots = max(1, math.ceil(args.tasks / args.nodes))
+    return HubRig(
+        nodes=args.nodes,
+        slots=slots,
+        sync=args.sync,
+        node_args=["--handlers", "_handlers"],
+        loop=args.loop,
+    )
 
 
 def rss_kib(pid: int) -> int:

@@ -54,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, float, float]:
     """(tasks/s over `measure` tasks, replica and nats-server CPU us per task)."""
-    async with HubRig(nodes=args.nodes, slots=args.slots, sync=args.sync, start_nodes=False) as rig:
+    async with HubRig(
+        nodes=args.nodes, slots=args.slots, sync=args.sync, start_nodes=False, loop=args.loop
+    ) as rig:
         client = rig.clients[0]
         counter = iter(range(backlog))
         t_fill = time.perf_counter()

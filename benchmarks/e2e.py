@@ -95,7 +95,9 @@ async def drive(
 async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     slots = args.slots or max(4, math.ceil(args.inflight / args.nodes))
     payload = b"x" * args.payload_bytes
-    async with HubRig(replicas=args.replicas, nodes=args.nodes, slots=slots, sync=args.sync) as rig:
+    async with HubRig(
+        replicas=args.replicas, nodes=args.nodes, slots=slots, sync=args.sync, loop=args.loop
+    ) as rig:
         if args.warmup:
             await asyncio.wait_for(
                 drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout

@@ -72,7 +72,7 @@ async def _time(
 
 
 async def one_rep(args: argparse.Namespace) -> dict[str, float]:
-    rig = HubRig(replicas=1, nodes=0, sync=args.sync, start_nodes=False)
+    rig = HubRig(replicas=1, nodes=0, sync=args.sync, start_nodes=False, loop=args.loop)
     await rig.start()
     nc = await nats.connect(rig.nats.url)
     try:

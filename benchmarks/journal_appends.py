@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run_rep(args: argparse.Namespace) -> dict[str, float]:
-    async with handler_rig(args.tasks, args.nodes, args.sync) as rig:
+    async with handler_rig(args) as rig:
         client = rig.clients[0]
         nc = await nats.connect(rig.nats.url)
         js = nc.jetstream()

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run_rep(args: argparse.Namespace) -> dict[str, float]:
-    async with handler_rig(args.tasks, args.nodes, args.sync) as rig:
+    async with handler_rig(args) as rig:
         pid = rig.replica_pids[0]
         client = rig.clients[0]
         base = rss_kib(pid)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5)
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float = Field(5.0, gt=0)
+
+    # process
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="event loop of hub serve/node/nats; uvloop falls back to asyncio"
+    )
 
     # work pool
     ack_wait_s: float = Field(30.0, gt=0, description="visibility timeout of a claimed task")

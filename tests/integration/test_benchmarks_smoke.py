@@ -122,3 +122,13 @@ def test_floors_ends_with_a_json_result() -> None:
     assert result["bench"] == "floors"
     for step in ("js_publish", "js_pull", "grpc_rtt", "grpc_stream_rtt"):
         assert result[f"{step}_p99_us"] >= result[f"{step}_p50_us"] > 0
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_bare_path_ends_with_a_json_result(loop: str) -> None:
+    result = run_bench(["bare_path.py", *TINY, "--loop", loop])
+    assert result["bench"] == "bare_path"
+    assert result["loop"] == loop
+    assert result["tasks_per_s"] > 0
+    assert result["p99_ms"] >= result["p50_ms"] > 0
+    assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}

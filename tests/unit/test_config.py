@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from hub.cli import loop_factory
 from hub.config import Settings, load_settings, unknown_env
 from hub.errors import InvalidSettings
 from hub.nats.server import render_config
@@ -54,6 +56,7 @@ def test_settings_are_frozen() -> None:
         ({"starvation_limit": 0}, "HUB_STARVATION_LIMIT"),
         ({"heartbeat_s": 10, "ack_wait_s": 5}, "HUB_HEARTBEAT_S"),
         ({"journal_head_bytes": 0, "journal_tail_bytes": 0}, "HUB_JOURNAL_HEAD_BYTES"),
+        ({"event_loop": "trio"}, "HUB_EVENT_LOOP"),
     ],
 )
 def test_invalid_settings_name_the_variable(overrides: dict, named: str) -> None:
@@ -101,3 +104,21 @@ def test_render_config_sets_listen_store_and_sync(tmp_path: Path) -> None:
     out = render_config(template, port=4333, store_dir=tmp_path, sync="always", extra="# x")
     assert "listen: 127.0.0.1:4333" in out and "sync_interval: always" in out
     assert out.endswith("\n# x")
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert load_settings().event_loop == "uvloop"
+    factory = loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert loop_factory("asyncio") is None
+
+
+def test_without_uvloop_the_hub_runs_on_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what an import on a platform without it sees
+    assert loop_factory("uvloop") is None
