@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -220,8 +221,9 @@ async def relay_main(url: str, addr: str) -> None:
 async def node_main(addr: str) -> None:
     async with grpc.aio.insecure_channel(addr) as channel:
         call = channel.stream_stream(CONNECT)()
-        async for grants in call:
-            await call.write(grants)  # the echo task: each result is its payload
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the relay stopped
+            async for grants in call:
+                await call.write(grants)  # the echo task: each result is its payload
 
 
 async def drive(
@@ -286,7 +288,7 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
         elapsed = time.perf_counter() - t0
         return RepResult(args.tasks, elapsed, lat, meter.stop())
     finally:
-        for pid in pids:
+        for pid in reversed(pids):  # the node before the relay it is connected to
             stop_pid(pid)
         await server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
