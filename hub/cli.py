@@ -204,7 +204,7 @@ async def _cancel(args: argparse.Namespace, client: Client) -> int:
 
 async def _pool(args: argparse.Namespace, client: Client) -> int:
     c = await client.pool()
-    data = {
+    data: dict[str, Any] = {
         "queued": dict(c.queued),
         "oldest_age_s": dict(c.oldest_age_s),
         "in_flight": c.in_flight,
@@ -222,7 +222,7 @@ async def _pool(args: argparse.Namespace, client: Client) -> int:
 
 async def _nodes(args: argparse.Namespace, client: Client) -> int:
     nodes = (await client.nodes()).nodes
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "node_id": n.node_id,
             "capabilities": list(n.capabilities),

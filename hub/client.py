@@ -8,13 +8,13 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
 from hub.errors import HubError
 from hub.grpc.convert import priority_to_pb
-from hub.grpc.outbox import Outbox
+from hub.grpc.outbox import Outbox, messages
 from hub.model import Priority, new_task_id
 from hub.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 
@@ -102,7 +102,7 @@ class _SubmitStream:
             calls = await self.outbox.get_batch()
             if calls[0] is None:
                 return
-            yield tasks_pb2.SubmitCalls(calls=calls)
+            yield tasks_pb2.SubmitCalls(calls=messages(calls))
 
     async def _read(self) -> None:
         error = ClientError("UNAVAILABLE", "the submit stream ended")
@@ -140,7 +140,7 @@ class Client:
         self.stub = tasks_pb2_grpc.TaskServiceStub(self.channel)
         self._submits: _SubmitStream | None = None
 
-    async def _call(self, method: str, request: object, timeout_s: float | None = None) -> object:
+    async def _call(self, method: str, request: object, timeout_s: float | None = None) -> Any:
         try:
             return await getattr(self.stub, method)(
                 request, timeout=timeout_s or self.timeout_s, metadata=self.metadata
@@ -199,7 +199,7 @@ class Client:
 
     async def get(self, task_id: str, *, include_output: bool = False) -> common_pb2.Task:
         request = tasks_pb2.GetRequest(task_id=task_id, include_output=include_output)
-        return await self._call("Get", request)  # type: ignore[return-value]
+        return await self._call("Get", request)
 
     async def wait(
         self, task_id: str, timeout_s: float = 60.0, *, include_output: bool = False
@@ -207,7 +207,7 @@ class Client:
         request = tasks_pb2.WaitRequest(
             task_id=task_id, timeout_s=timeout_s, include_output=include_output
         )
-        return await self._call("Wait", request, timeout_s + 10)  # type: ignore[return-value]
+        return await self._call("Wait", request, timeout_s + 10)
 
     async def watch(
         self, task_id: str, *, stdout_offset: int = 0, thoughts_offset: int = 0
@@ -225,23 +225,23 @@ class Client:
             call.cancel()
 
     async def cancel(self, task_id: str) -> common_pb2.Task:
-        return await self._call("Cancel", tasks_pb2.CancelRequest(task_id=task_id))  # type: ignore[return-value]
+        return await self._call("Cancel", tasks_pb2.CancelRequest(task_id=task_id))
 
     async def pool(self) -> tasks_pb2.PoolCounts:
-        return await self._call("Pool", tasks_pb2.PoolRequest())  # type: ignore[return-value]
+        return await self._call("Pool", tasks_pb2.PoolRequest())
 
     async def nodes(self) -> tasks_pb2.ListNodesResponse:
-        return await self._call("ListNodes", tasks_pb2.ListNodesRequest())  # type: ignore[return-value]
+        return await self._call("ListNodes", tasks_pb2.ListNodesRequest())
 
     async def dead(self, limit: int = 1000) -> tasks_pb2.ListDeadResponse:
-        return await self._call("ListDead", tasks_pb2.ListDeadRequest(limit=limit))  # type: ignore[return-value]
+        return await self._call("ListDead", tasks_pb2.ListDeadRequest(limit=limit))
 
     async def replay(self, task_id: str) -> common_pb2.Task:
-        return await self._call("Replay", tasks_pb2.ReplayRequest(task_id=task_id))  # type: ignore[return-value]
+        return await self._call("Replay", tasks_pb2.ReplayRequest(task_id=task_id))
 
     async def purge_dead(self, task_id: str = "") -> int:
         response = await self._call("PurgeDead", tasks_pb2.PurgeDeadRequest(task_id=task_id))
-        return response.purged  # type: ignore[attr-defined]
+        return response.purged
 
     async def close(self) -> None:
         if self._submits is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -324,15 +325,13 @@ class Queue:
         query: dict[str, object] = {"start_time": since.isoformat().replace("+00:00", "Z")}
         until = record.queued_at + RETRY_BUDGET_S + FIND_SKEW_S
         for _ in range(FIND_LIMIT):
-            reply = await retrying(
-                "find task message",
-                lambda query=query: self.requests.request(
-                    f"$JS.API.STREAM.MSG.GET.{stream}",
-                    json.dumps({**query, "next_by_subj": subject}).encode(),
-                    timeout_s=self.settings.request_timeout_s,
-                ),
-                closed=lambda: self.nc.is_closed,
+            get = functools.partial(
+                self.requests.request,
+                f"$JS.API.STREAM.MSG.GET.{stream}",
+                json.dumps({**query, "next_by_subj": subject}).encode(),
+                timeout_s=self.settings.request_timeout_s,
             )
+            reply = await retrying("find task message", get, closed=lambda: self.nc.is_closed)
             answer = json.loads(reply.data)
             if "error" in answer:
                 if answer["error"].get("code") == 404:

@@ -136,7 +136,7 @@ class Replica:
     async def _renew(self, job: str, revision: int, ttl_s: int) -> int:
         """Extend a held lock (compare-and-set on its revision); raises if it was lost."""
         # KeyValue.update takes no TTL: publish to the key's subject as it would
-        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
         with nats_errors("housekeeping lock renewal"):
             ack = await self.pool.topology.js.publish(
                 f"$KV.{subjects.NODES_BUCKET}.{subjects.lock_key(job)}",

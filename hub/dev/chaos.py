@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -145,7 +146,7 @@ class _Rig:
         self.kills[kind] += 1
 
 
-async def _call(rig: _Rig, rng: random.Random, method: str, *args: object, **kw: object) -> object:
+async def _call(rig: _Rig, rng: random.Random, method: str, *args: object, **kw: object) -> Any:
     """Call any live replica, through kills and elections, with the same (idempotent) args."""
     last: Exception | None = None
     for attempt in range(RETRIES):
@@ -258,7 +259,7 @@ async def _settle(
         for task_id, response in zip(batch, results, strict=True):
             if isinstance(response, BaseException):
                 continue
-            if status_name(response.task.status) in TERMINAL:  # type: ignore[attr-defined]
+            if status_name(response.task.status) in TERMINAL:
                 pending.pop(task_id)
         console.print(f"  settling: {len(pending)} tasks not finished")
     report.lost = len(pending)
@@ -266,10 +267,10 @@ async def _settle(
         if spec.task_id in pending:
             continue
         task = await _call(rig, rng, "get", spec.task_id, include_output=True)
-        status = status_name(task.status)  # type: ignore[attr-defined]
+        status = status_name(task.status)
         if status != "succeeded":
             report.not_succeeded += 1
-        wins = sum(1 for h in task.history if h.outcome == "succeeded")  # type: ignore[attr-defined]
+        wins = sum(1 for h in task.history if h.outcome == "succeeded")
         if wins > 1:
             report.double_results += 1
         if status == "succeeded":
@@ -278,11 +279,11 @@ async def _settle(
                 s.journal_head_bytes,
                 s.journal_tail_bytes,
             )
-            got = task.stdout  # type: ignore[attr-defined]
+            got = task.stdout
             if (got.head, got.tail, got.total_bytes) != (want.head, want.tail, want.total):
                 report.journal_mismatches += 1
                 log.warning("journal mismatch task=%s", spec.task_id)
-        rig.attempts[spec.task_id] = task.attempt  # type: ignore[attr-defined]
+        rig.attempts[spec.task_id] = task.attempt
 
 
 async def _messages_left(cluster: NatsCluster) -> int:

@@ -34,8 +34,13 @@ def priority_from_pb(value: int) -> Priority:
     return Priority(value - 1)
 
 
-def priority_to_pb(priority: Priority) -> pb.Priority.ValueType:
-    return pb.Priority.Value(priority.name)
+#: The proto enum value of each model enum member (same names; proto numbers are 1-based).
+_PRIORITY_PB: dict[Priority, pb.Priority] = {p: getattr(pb, p.name) for p in Priority}
+_STATUS_PB: dict[Status, pb.Status] = {s: getattr(pb, s.name) for s in Status}
+
+
+def priority_to_pb(priority: Priority) -> pb.Priority:
+    return _PRIORITY_PB[priority]
 
 
 def route_from_pb(route: pb.Route) -> Route:
@@ -113,7 +118,7 @@ def record_to_pb(
         kind=record.kind,
         priority=priority_to_pb(record.priority),
         route=pb.Route(node_id=record.route.node, capabilities=sorted(record.route.capabilities)),
-        status=pb.Status.Value(record.status.name),
+        status=_STATUS_PB[record.status],
         node_id=record.node,
         attempt=record.attempt,
         tries=record.tries,
@@ -138,9 +143,7 @@ def record_to_pb(
 
 def expired_task(task_id: str) -> pb.Task:
     """What is left of a task past its result TTL: its id and that it expired."""
-    return pb.Task(
-        task_id=task_id, status=pb.Status.Value(Status.EXPIRED.name), error="result expired"
-    )
+    return pb.Task(task_id=task_id, status=_STATUS_PB[Status.EXPIRED], error="result expired")
 
 
 def dead_to_pb(letter: DeadLetter) -> tasks_pb2.DeadTask:

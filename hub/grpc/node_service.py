@@ -18,7 +18,7 @@ from hub.buffers import HeadTail
 from hub.errors import HubError, InvalidTask
 from hub.grpc.convert import buffer_from_pb, priority_to_pb
 from hub.grpc.errors import code_for
-from hub.grpc.outbox import Outbox, unbatch
+from hub.grpc.outbox import Outbox, messages, unbatch
 from hub.model import Route, validate_node_id
 from hub.nodes import Nodes, NodeSession, Notice
 from hub.pool import Grant
@@ -124,7 +124,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
                 if len(batch) == 1:
                     yield batch[0]
                 else:
-                    yield pb.HubMessage(batch=pb.HubBatch(messages=batch))
+                    yield pb.HubMessage(batch=pb.HubBatch(messages=messages(batch)))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -174,8 +174,8 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         }
         handler = handlers.get(kind or "")
         if handler is None:
-            exc = InvalidTask(f"unexpected message {kind!r} on an attached stream")
-            outbox.put_nowait(_refused(ref, "", exc))
+            unexpected = InvalidTask(f"unexpected message {kind!r} on an attached stream")
+            outbox.put_nowait(_refused(ref, "", unexpected))
             return
         self.nodes.spawn(handler(session, message, outbox))
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-__all__ = ("BATCH_BYTES", "BATCH_MESSAGES", "Outbox", "unbatch")
+__all__ = ("BATCH_BYTES", "BATCH_MESSAGES", "Outbox", "messages", "unbatch")
 
 T = TypeVar("T")
 
@@ -34,10 +34,12 @@ class Outbox(Generic[T]):
         #: fold (a node's output) checks before adding more.
         self.queued_bytes = 0
 
-    @classmethod
-    def of_messages(cls) -> Outbox[Any]:
+    @staticmethod
+    def of_messages() -> Outbox[Any]:
         """Protobuf messages, and ``None`` as the marker that ends the stream."""
-        return cls(is_marker=lambda m: m is None, size=lambda m: 0 if m is None else m.ByteSize())
+        return Outbox[Any](
+            is_marker=lambda m: m is None, size=lambda m: 0 if m is None else m.ByteSize()
+        )
 
     def put_nowait(self, item: T) -> None:
         size = self._size(item)
@@ -66,6 +68,12 @@ class Outbox(Generic[T]):
             size += item_size
         self.queued_bytes -= size
         return batch
+
+
+def messages(batch: Sequence[T | None]) -> list[T]:
+    """A batch that does not start with the ``None`` marker holds no marker at all: a marker
+    is only ever returned alone (``get_batch``)."""
+    return cast(list[T], batch)
 
 
 def unbatch(message: Any) -> Sequence[Any]:

@@ -12,7 +12,7 @@ import nats.js.errors
 from hub.errors import TaskExpired
 from hub.grpc.convert import dead_to_pb, expired_task, record_to_pb, spec_from_pb
 from hub.grpc.errors import grpc_errors, grpc_stream_errors, status_for
-from hub.grpc.outbox import Outbox
+from hub.grpc.outbox import Outbox, messages
 from hub.journal import BUFFERS
 from hub.nats.errors import nats_errors
 from hub.pool import Pool
@@ -113,7 +113,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
                 replies = await outbox.get_batch()
                 if replies[0] is None:
                     return
-                yield tasks_pb2.SubmitReplies(replies=replies)
+                yield tasks_pb2.SubmitReplies(replies=messages(replies))
         finally:
             reader.cancel()
             for task in list(calls):
@@ -166,7 +166,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
     @grpc_errors
     async def ListNodes(self, request, context):
         kv = self.pool.topology.nodes
-        nodes = []
+        nodes: list[tasks_pb2.NodeInfo] = []
         with nats_errors("list nodes"):
             try:
                 keys = await kv.keys()
@@ -179,7 +179,8 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
                     continue
                 if key.startswith("node.") and entry.value:
                     nodes.append(tasks_pb2.NodeInfo(**json.loads(entry.value)))
-        return tasks_pb2.ListNodesResponse(nodes=sorted(nodes, key=lambda n: n.node_id))
+        nodes.sort(key=lambda n: n.node_id)
+        return tasks_pb2.ListNodesResponse(nodes=nodes)
 
     @grpc_errors
     async def ListDead(self, request, context):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -46,6 +47,11 @@ def find_binary() -> Path:
     return Path(found)
 
 
+def _indented(line: str, match: re.Match[str]) -> str:
+    """``line`` in place of the matched one, keeping its indentation."""
+    return match.group(1) + line
+
+
 def render_config(template: str, *, port: int, store_dir: Path, sync: str, extra: str = "") -> str:
     """Replace listen, store_dir and sync_interval in the template; each must appear once."""
     values = {
@@ -58,7 +64,7 @@ def render_config(template: str, *, port: int, store_dir: Path, sync: str, extra
         pattern = re.compile(rf"^(\s*){key}:.*$", re.MULTILINE)
         if len(pattern.findall(out)) != 1:
             raise ServerFailed(f"nats-server template must set {key!r} exactly once")
-        out = pattern.sub(lambda m, v=value, k=key: f"{m.group(1)}{k}: {v}", out)
+        out = pattern.sub(functools.partial(_indented, f"{key}: {value}"), out)
     return out + ("\n" + extra if extra else "")
 
 
