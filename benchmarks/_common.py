@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -354,6 +354,31 @@ def progress(total: int, label: str) -> Iterator[Progress]:
 def note(msg: str) -> None:
     """Human-readable status, on stderr so stdout stays for the result line."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def note_rep(rep: int, r: RepResult) -> None:
+    """One human line per rep on stderr."""
+    f = r.figures()
+    note(
+        f"rep {rep + 1}: {f['tasks_per_s']} tasks/s, p50 {f['p50_ms']} ms, "
+        f"p99 {f['p99_ms']} ms, cpu us/task {f['cpu_us_per_task']}"
+    )
+
+
+async def each_rep(
+    args: argparse.Namespace, run_rep: Callable[[argparse.Namespace, int], Awaitable[RepResult]]
+) -> list[RepResult]:
+    """``args.reps`` reps in sequence (each starts its own servers), noting each."""
+    reps = []
+    for rep in range(args.reps):
+        reps.append(await run_rep(args, rep))
+        note_rep(rep, reps[-1])
+    return reps
+
+
+def task_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags every task round-trip benchmark shares, for its result line."""
+    return {k: getattr(args, k) for k in ("sync", "tasks", "inflight", "reps", "payload_bytes")}
 
 
 def emit_json(obj: Mapping[str, Any]) -> None:

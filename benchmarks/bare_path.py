@@ -45,15 +45,16 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    each_rep,
     emit_json,
     free_port,
     nats_server_version,
-    note,
     progress,
     run_async,
     spawn,
     stop_pid,
     summarize,
+    task_params,
     wait_for_log,
 )
 
@@ -294,16 +295,6 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def main_async(args: argparse.Namespace) -> list[RepResult]:
-    reps = []
-    for rep in range(args.reps):
-        r = await run_rep(args, rep)
-        f = r.figures()
-        note(f"rep {rep + 1}: p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, {f['cpu_us_per_task']}")
-        reps.append(r)
-    return reps
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.role:
@@ -312,13 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(role)
         return
-    reps, loop_name = run_async(main_async(args), args.loop)
+    reps, loop_name = run_async(each_rep(args, run_rep), args.loop)
     params = {
-        "sync": args.sync,
-        "tasks": args.tasks,
-        "inflight": args.inflight,
-        "reps": args.reps,
-        "payload_bytes": args.payload_bytes,
+        **task_params(args),
         "loop": loop_name,
         "nats_server": nats_server_version(),
     }

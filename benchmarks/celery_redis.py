@@ -34,11 +34,12 @@ from _common import (
     emit_json,
     find_binary,
     free_port,
-    note,
+    note_rep,
     progress,
     spawn,
     stop_pid,
     summarize,
+    task_params,
     wait_for_log,
 )
 
@@ -226,19 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reps = []
     for rep in range(args.reps):
-        r = run_rep(args, rep)
-        f = r.figures()
-        note(
-            f"rep {rep + 1}: {f['tasks_per_s']} tasks/s, p50 {f['p50_ms']} ms, "
-            f"p99 {f['p99_ms']} ms, cpu us/task {f['cpu_us_per_task']}"
-        )
-        reps.append(r)
+        reps.append(run_rep(args, rep))
+        note_rep(rep, reps[-1])
     params = {
-        "sync": args.sync,
-        "tasks": args.tasks,
-        "inflight": args.inflight,
-        "reps": args.reps,
-        "payload_bytes": args.payload_bytes,
+        **task_params(args),
         "workers": args.workers,
         "prefetch": args.prefetch,
         "acks_late": True,

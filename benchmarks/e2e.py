@@ -28,12 +28,13 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    each_rep,
     emit_json,
     nats_server_version,
-    note,
     progress,
     run_async,
     summarize,
+    task_params,
 )
 from _hub import HubRig, hub_params
 
@@ -114,28 +115,11 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     return RepResult(args.tasks, elapsed, lat, cpu)
 
 
-async def main_async(args: argparse.Namespace) -> list[RepResult]:
-    reps = []
-    for rep in range(args.reps):
-        r = await run_rep(args, rep)
-        f = r.figures()
-        note(
-            f"rep {rep + 1}: {f['tasks_per_s']} tasks/s, p50 {f['p50_ms']} ms, "
-            f"p99 {f['p99_ms']} ms, cpu us/task {f['cpu_us_per_task']}"
-        )
-        reps.append(r)
-    return reps
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    reps, loop_name = run_async(main_async(args), args.loop)
+    reps, loop_name = run_async(each_rep(args, run_rep), args.loop)
     params = {
-        "sync": args.sync,
-        "tasks": args.tasks,
-        "inflight": args.inflight,
-        "reps": args.reps,
-        "payload_bytes": args.payload_bytes,
+        **task_params(args),
         "replicas": args.replicas,
         "nodes": args.nodes,
         "loop": loop_name,

@@ -29,7 +29,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,14 +53,15 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    each_rep,
     emit_json,
     nats_server_version,
-    note,
     progress,
     run_async,
     spawn,
     stop_pid,
     summarize,
+    task_params,
 )
 
 from hub.nats.server import EmbeddedNats
@@ -405,39 +405,15 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def main_async(
-    args: argparse.Namespace, on_rep: Callable[[int, RepResult], None]
-) -> list[RepResult]:
-    """All reps in sequence, each on a fresh server."""
-    reps = []
-    for rep in range(args.reps):
-        reps.append(await run_rep(args, rep))
-        on_rep(rep, reps[-1])
-    return reps
-
-
-def report_rep(rep: int, r: RepResult) -> None:
-    """One human line per rep on stderr."""
-    f = r.figures()
-    note(
-        f"rep {rep + 1}: {f['tasks_per_s']} tasks/s, p50 {f['p50_ms']} ms, "
-        f"p99 {f['p99_ms']} ms, cpu us/task {f['cpu_us_per_task']}"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Producer mode (default) or worker mode (`--worker-url`, started by the producer)."""
     args = parse_args(argv)
     if args.worker_url:
         run_async(worker_main(args.worker_url, args.style, args.batch, args.ack), args.loop)
         return
-    reps, loop_name = run_async(main_async(args, report_rep), args.loop)
+    reps, loop_name = run_async(each_rep(args, run_rep), args.loop)
     params = {
-        "sync": args.sync,
-        "tasks": args.tasks,
-        "inflight": args.inflight,
-        "reps": args.reps,
-        "payload_bytes": args.payload_bytes,
+        **task_params(args),
         "workers": args.workers,
         "style": args.style,
         "batch": args.batch,
