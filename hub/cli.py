@@ -454,8 +454,6 @@ async def _run(args: argparse.Namespace, settings: Settings | None) -> int:
     if settings is None:
         async with Client(args.hub, token=args.token) as client:
             return await CLIENT_COMMANDS[args.command](args, client)
-    for name in unknown_env():
-        log.warning("unknown setting %s (ignored)", name)
     if args.command == "serve":
         return await _serve(settings)
     if args.command == "nats":
@@ -469,6 +467,14 @@ async def _run(args: argparse.Namespace, settings: Settings | None) -> int:
     from hub.dev import commands
 
     return await commands.run(args)
+
+
+def _settings() -> Settings:
+    """The server side's settings, read before its event loop starts (the loop is one); an
+    unknown ``HUB_*`` variable is reported first, as it may explain an invalid one."""
+    for name in unknown_env():
+        log.warning("unknown setting %s (ignored)", name)
+    return load_settings()
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -494,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        settings = None if args.command in CLIENT_COMMANDS else load_settings()
+        settings = None if args.command in CLIENT_COMMANDS else _settings()
         loop = settings.event_loop if settings is not None else "uvloop"
         with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
             code = runner.run(_run(args, settings))

@@ -107,3 +107,12 @@ async def test_invalid_settings_name_the_variable() -> None:
     assert code == EXIT_BAD_INPUT and "HUB_ACK_WAIT_S" in err
     code, _, err = await hub("serve", env={"HUB_NATS_SYNC": "sometimes"})
     assert code == EXIT_BAD_INPUT and "HUB_NATS_SYNC" in err
+
+    code, _, err = await hub("serve", env={"HUB_EVENT_LOOP": "trio"})
+    assert code == EXIT_BAD_INPUT and "HUB_EVENT_LOOP" in err
+
+
+async def test_a_misspelt_setting_is_reported_even_when_another_is_invalid() -> None:
+    code, _, err = await hub("serve", env={"HUB_ACK_WAIT": "60", "HUB_ACK_WAIT_S": "-3"})
+    assert code == EXIT_BAD_INPUT
+    assert "unknown setting HUB_ACK_WAIT " in err and "HUB_ACK_WAIT_S" in err
