@@ -50,6 +50,15 @@ def add_rep_flags(p: argparse.ArgumentParser, *, sync: str = "1s", reps: int = 3
     )
 
 
+def add_task_flags(p: argparse.ArgumentParser, *, inflight: int = 64) -> None:
+    """The flags of every task round-trip benchmark (see `task_params`)."""
+    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
+    p.add_argument("--inflight", type=int, default=inflight, help="tasks kept in flight (K)")
+    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
+    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
+    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
+
+
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1

@@ -45,6 +45,7 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    add_task_flags,
     each_rep,
     emit_json,
     free_port,
@@ -73,11 +74,7 @@ Requests_ = AsyncIterator[bytes]  # what a stream handler reads
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
-    p.add_argument("--inflight", type=int, default=1, help="tasks kept in flight (K)")
-    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
-    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
-    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
+    add_task_flags(p, inflight=1)
     add_rep_flags(p)
     p.add_argument("--role", choices=("relay", "node"), help=argparse.SUPPRESS)
     p.add_argument("--nats-url", help=argparse.SUPPRESS)

@@ -31,6 +31,7 @@ from _common import (
     CpuMeter,
     Progress,
     RepResult,
+    add_task_flags,
     emit_json,
     find_binary,
     free_port,
@@ -87,17 +88,13 @@ def echo(payload: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of raw_nats.py that apply to Celery, plus the prefetch multiplier."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
-    p.add_argument("--inflight", type=int, default=64, help="tasks kept in flight by the producer")
+    add_task_flags(p)
     p.add_argument(
         "--sync", choices=SYNC_MODES, default="always", help="Redis appendfsync always|everysec"
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions (fresh Redis and worker each)")
-    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
     p.add_argument("--workers", type=int, default=2, help="prefork pool processes")
     p.add_argument("--prefetch", type=int, default=4, help="worker_prefetch_multiplier")
-    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
-    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
     return p.parse_args(argv)
 
 

@@ -28,6 +28,7 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    add_task_flags,
     each_rep,
     emit_json,
     nats_server_version,
@@ -43,15 +44,11 @@ from hub.client import Client
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
-    p.add_argument("--inflight", type=int, default=64, help="tasks kept in flight (K)")
+    add_task_flags(p)
     p.add_argument("--replicas", type=int, default=1, help="hub replica processes (R)")
     p.add_argument("--nodes", type=int, default=2, help="node processes (M)")
     p.add_argument("--slots", type=int, default=0, help="slots per node; 0 = enough for K")
     add_rep_flags(p)
-    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
-    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
-    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
     p.add_argument(
         "--api",
         choices=("submit-wait", "submit+wait"),

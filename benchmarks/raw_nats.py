@@ -53,6 +53,7 @@ from _common import (
     Progress,
     RepResult,
     add_rep_flags,
+    add_task_flags,
     each_rep,
     emit_json,
     nats_server_version,
@@ -81,16 +82,12 @@ PULL_EXPIRES_NS = 2_000_000_000  # idle workers re-pull every 2 s; messages arri
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags shared with the other peer benchmarks, plus the hidden worker mode."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")
-    p.add_argument("--inflight", type=int, default=64, help="tasks kept in flight by the producer")
+    add_task_flags(p)
     add_rep_flags(p, sync="always")
-    p.add_argument("--payload-bytes", type=int, default=256, help="task payload size")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--style", choices=("raw", "api"), default="raw", help="see above")
     p.add_argument("--batch", type=int, default=64, help="pull batch / credit per worker")
     p.add_argument("--ack", choices=("ack", "ack_sync"), default="ack", help="how workers ack")
-    p.add_argument("--warmup", type=int, default=200, help="unmeasured tasks before each rep")
-    p.add_argument("--timeout", type=float, default=600.0, help="bound on one rep, seconds")
     p.add_argument("--worker-url", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
