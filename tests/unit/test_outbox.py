@@ -55,3 +55,25 @@ def test_unbatch(count: int) -> None:
     messages = [pb.NodeMessage(claim=pb.Claim(task_id=f"t{i}")) for i in range(count)]
     wire = messages[0] if count == 1 else pb.NodeMessage(batch=pb.NodeBatch(messages=messages))
     assert [m.claim.task_id for m in unbatch(wire)] == [f"t{i}" for i in range(count)]
+
+
+async def test_after_a_batch_of_several_it_waits_one_turn_for_company() -> None:
+    box = _outbox()
+    box.put_nowait(b"a")
+    box.put_nowait(b"b")
+    assert await box.get_batch() == [b"a", b"b"]  # under load
+    box.put_nowait(b"c")
+    getter = asyncio.ensure_future(box.get_batch())
+    await asyncio.sleep(0)  # the getter has seen c and let the loop turn once
+    box.put_nowait(b"d")  # added in that turn: it goes in the same batch
+    assert await getter == [b"c", b"d"]
+
+
+async def test_after_a_single_message_it_returns_at_once() -> None:
+    box = _outbox()
+    box.put_nowait(b"a")
+    assert await box.get_batch() == [b"a"]  # idle: one at a time
+    box.put_nowait(b"b")
+    getter = asyncio.ensure_future(box.get_batch())
+    await asyncio.sleep(0)
+    assert getter.done() and getter.result() == [b"b"]  # no turn of the loop added
