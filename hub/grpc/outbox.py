@@ -5,7 +5,7 @@ both ends of the node stream send what piled up while they were writing as one b
 (``NodeBatch`` / ``HubBatch``): under load one write carries many grants or results, and an idle
 stream still sends each message the moment it is queued (no added latency). Once a batch held
 more than one message, the writer lets the loop turn once before taking the next, so results
-finishing in that turn share its write (K=64: about 9 % less CPU per task in replica, nodes
+finishing in that turn share its write (K=64: 6-15 % less CPU per task in replica, nodes
 and agent; docs/benchmarks.md).
 """
 
