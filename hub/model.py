@@ -11,11 +11,12 @@ import binascii
 import dataclasses
 import enum
 import functools
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Self
+
+import orjson
 
 from hub.errors import InvalidTask, PayloadTooLarge
 
@@ -245,18 +246,19 @@ class TaskRecord:
 
     def to_json(self) -> bytes:
         # (field names listed once, below the class: dataclasses.fields() and asdict() per
-        # call were a tenth of encoding a record, which every journal write does)
+        # call were a tenth of encoding a record, which every journal write does; orjson
+        # encodes in a tenth of the standard library's time and decodes in a quarter)
         data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         data["priority"] = self.priority.label
         data["route"] = self.route.to_json()
         data["status"] = self.status.value
         data["result"], data["result_encoding"] = _result_text(self.result)
         data["history"] = [{n: getattr(h, n) for n in _ATTEMPT_FIELDS} for h in self.history]
-        return json.dumps(data, separators=(",", ":")).encode()
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Self:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         data["priority"] = Priority.parse(data["priority"])
         data["route"] = Route.from_json(data["route"])
         data["status"] = Status(data["status"])

@@ -5,18 +5,44 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.config import Settings
 from hub.errors import Unavailable
 
-__all__ = ("connect",)
+__all__ = ("HubClient", "connect")
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[], Awaitable[None]]
+
+
+class HubClient(NATS):
+    """nats-py's client with a faster header parser.
+
+    A replica parses five header blocks per task (three journal echoes, a doorbell, a pulled
+    task), about 35 header lines. nats-py checks each header name for whitespace one
+    character at a time in a generator, which made the parse 2.3x what it needs to be (18
+    against 8 us per journal echo here). Same result for every input (property-tested
+    against nats-py's own in ``tests/unit/test_connection.py``).
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if key and key.split() != [key]:  # whitespace inside the name: not a header
+                continue
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
 
 
 async def connect(
@@ -42,8 +68,9 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
+    nc = HubClient()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             servers=urls,
             name=name,
             connect_timeout=settings.connect_timeout_s,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -92,7 +92,7 @@ class Requests:
             msg = await self.request(subject, payload, timeout_s=timeout_s, headers=headers)
         except nats.errors.NoRespondersError:
             raise nats.js.errors.NoStreamResponseError from None
-        answer = json.loads(msg.data)
+        answer = orjson.loads(msg.data)
         if "error" in answer:
             nats.js.errors.APIError.from_error(answer["error"])  # raises
         return int(answer["seq"])
