@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.config import Settings
@@ -73,9 +72,10 @@ async def connect(
         await nc.connect(
             servers=urls,
             name=name,
-            connect_timeout=settings.connect_timeout_s,
+            # (nats-py annotates these two as int; both are seconds, used as floats)
+            connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]
             allow_reconnect=True,
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("nats-server.conf")
 _LISTENING = re.compile(r"Listening for client connections on ([\d.:\[\]a-f]+):(\d+)")
 _READY = "Server is ready"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def find_binary() -> Path:
@@ -66,6 +70,27 @@ def render_config(template: str, *, port: int, store_dir: Path, sync: str, extra
             raise ServerFailed(f"nats-server template must set {key!r} exactly once")
         out = pattern.sub(functools.partial(_indented, f"{key}: {value}"), out)
     return out + ("\n" + extra if extra else "")
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """On Linux, the server gets SIGTERM when the process that started it dies, even by
+    SIGKILL (an OOM kill): an orphaned server would hold the port and the store, and the next
+    start would fail on them. SIGTERM lets JetStream flush. Elsewhere there is no such signal.
+
+    This runs in the child between fork and exec, where only system calls are safe: ``prctl``
+    is looked up before the fork.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the prctl took hold
+            os._exit(1)
+
+    return preexec
 
 
 class EmbeddedNats:
@@ -124,6 +149,7 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_dies_with_parent(),
         )
         try:
             self.port = await self._wait_ready()

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
 
 import nats
 import pytest
+from hubtest import eventually
 
+from hub.dev.procs import HubProcess
 from hub.errors import ServerFailed
 from hub.nats import server as server_module
 from hub.nats.server import EmbeddedNats, find_binary
@@ -121,3 +125,44 @@ async def test_kill_is_a_sigkill(nats_server: EmbeddedNats) -> None:
     async with asyncio.timeout(5):
         code = await process.wait()
     assert code == -9
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+async def test_a_killed_hub_takes_its_embedded_nats_server_with_it(tmp_path: Path) -> None:
+    """An OOM-killed or SIGKILLed `hub nats`/`hub serve` must not leave its nats-server holding
+    the port and the store for the next start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env |= {"HUB_DATA_DIR": str(tmp_path / "data")}
+    hub = HubProcess("nats", ["nats"], env, tmp_path / "hub.log")
+    await hub.start()
+    assert hub.process is not None
+    child = 0
+
+    async def started() -> int:
+        return _children(hub.pid)[0] if "NATS nats://" in hub.log.read_text() else 0
+
+    async def gone() -> bool:
+        return not _alive(child)
+
+    try:
+        child = await eventually(started, timeout_s=20)
+        await hub.kill()
+        await eventually(gone, timeout_s=10)
+    finally:
+        await hub.kill()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)  # the test's own grandchild, left by a failure
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
