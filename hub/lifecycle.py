@@ -8,7 +8,6 @@ compute from the same revision and only one write lands; the loser re-reads and 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 
 from hub.errors import (
@@ -19,7 +18,7 @@ from hub.errors import (
     StaleAttempt,
     WrongState,
 )
-from hub.model import MAX_HISTORY, AttemptInfo, Status, TaskRecord, TaskSpec
+from hub.model import MAX_HISTORY, AttemptInfo, Status, TaskRecord, TaskSpec, evolve
 
 __all__ = (
     "Verdict",
@@ -122,11 +121,11 @@ def claim(
         raise WrongState(record.id, record.status, "claim")
     history = record.history
     if generation > record.generation:
-        record = dataclasses.replace(record, generation=generation, tries=0)
+        record = evolve(record, generation=generation, tries=0)
     elif record.active:
         history = _close(history, record.attempt, now, "lease expired", "")
     attempt = record.attempt + 1
-    return dataclasses.replace(
+    return evolve(
         record,
         status=Status.RUNNING if running else Status.CLAIMED,
         node=node,
@@ -156,14 +155,14 @@ def start(record: TaskRecord, attempt: int, now: float, node: str = "") -> TaskR
     fence(record, attempt, node)
     if record.status is Status.RUNNING:
         return record
-    return dataclasses.replace(record, status=Status.RUNNING, updated_at=now)
+    return evolve(record, status=Status.RUNNING, updated_at=now)
 
 
 def extend(
     record: TaskRecord, attempt: int, lease_s: float, now: float, node: str = ""
 ) -> TaskRecord:
     fence(record, attempt, node)
-    return dataclasses.replace(record, lease_deadline=now + lease_s, updated_at=now)
+    return evolve(record, lease_deadline=now + lease_s, updated_at=now)
 
 
 def succeed(
@@ -205,7 +204,7 @@ def release(
     """
     fence(record, attempt, node)
     if not counts:
-        record = dataclasses.replace(record, tries=max(record.tries - 1, 0))
+        record = evolve(record, tries=max(record.tries - 1, 0))
     return _requeue(record, now, reason, "released")
 
 
@@ -237,7 +236,7 @@ def replay(record: TaskRecord, now: float) -> TaskRecord:
     """A dead task back to the queue as a new generation with a fresh budget of tries."""
     if record.status is not Status.DEAD:
         raise WrongState(record.id, record.status, "replay")
-    return dataclasses.replace(
+    return evolve(
         record,
         status=Status.QUEUED,
         generation=record.generation + 1,
@@ -265,7 +264,7 @@ def _finish(
     history = record.history
     if record.active:
         history = _close(history, record.attempt, now, outcome, error)
-    return dataclasses.replace(
+    return evolve(
         record,
         status=status,
         result=result,
@@ -278,7 +277,7 @@ def _finish(
 
 
 def _requeue(record: TaskRecord, now: float, error: str, outcome: str) -> TaskRecord:
-    return dataclasses.replace(
+    return evolve(
         record,
         status=Status.QUEUED,
         node="",
@@ -293,7 +292,7 @@ def _close(
     history: tuple[AttemptInfo, ...], attempt: int, now: float, outcome: str, error: str
 ) -> tuple[AttemptInfo, ...]:
     return tuple(
-        dataclasses.replace(h, ended_at=now, outcome=outcome, error=error)
+        evolve(h, ended_at=now, outcome=outcome, error=error)
         if h.attempt == attempt and not h.ended_at
         else h
         for h in history

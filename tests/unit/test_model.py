@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from hub.model import (
     TaskSpec,
     decode_bytes,
     encode_bytes,
+    evolve,
     validate_node_id,
 )
 
@@ -165,3 +167,12 @@ def test_bytes_as_json_text_round_trip(data: bytes) -> None:
 def test_terminal_and_active() -> None:
     r = record(b"")
     assert r.terminal and not r.active
+
+
+def test_evolve_is_replace_and_refuses_unknown_fields() -> None:
+    r = record(b"x")
+    changed = evolve(r, node="n-1", attempt=3)
+    assert changed == dataclasses.replace(r, node="n-1", attempt=3)
+    assert r == record(b"x")  # the original is untouched
+    with pytest.raises(TypeError, match="nodee"):
+        evolve(r, nodee="n-1")
