@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -38,7 +39,7 @@ from hub.errors import (
     TaskNotFound,
 )
 from hub.lifecycle import fence
-from hub.model import TaskRecord
+from hub.model import TERMINAL, TaskRecord
 from hub.nats import subjects
 from hub.nats.errors import is_wrong_last_sequence, retrying
 from hub.nats.inline import subscribe_inline
@@ -55,6 +56,7 @@ DECODED_SIZE = 2_000
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
+_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 
 Update = Callable[[TaskRecord], TaskRecord]
 _T = TypeVar("_T")
@@ -141,6 +143,15 @@ class RecordCache:
     def forget(self, task_id: str) -> None:
         self._known.pop(task_id, None)
         self._decoded.pop(task_id, None)
+
+
+def _ends_wait(raw: bytes) -> bool:
+    """Whether a record's JSON is terminal, read without building the record (a waiter needs
+    only those; undecodable JSON is passed on, to fail where it is decoded)."""
+    try:
+        return orjson.loads(raw).get("status") in _TERMINAL_VALUES
+    except (orjson.JSONDecodeError, AttributeError):
+        return True
 
 
 def _hinted(task_id: str, hint: tuple[int, bytes] | None) -> tuple[TaskRecord, int] | None:
@@ -257,8 +268,9 @@ class Journal:
         rather than when its echo comes back through the feed (one NATS hop less for a Wait
         answered by the replica that wrote the result)."""
         self.records.store(record.id, revision, raw, record)
-        for queue in self._waiters.get(record.id, ()):
-            queue.put_nowait(record)
+        if record.terminal:
+            for queue in self._waiters.get(record.id, ()):
+                queue.put_nowait(record)
 
     async def create(self, record: TaskRecord, raw: bytes = b"") -> tuple[TaskRecord, int, bool]:
         """Record a new task: (record, revision, True); if the id exists, the existing record,
@@ -521,12 +533,15 @@ class Journal:
             revision = int(headers.get("Nats-Sequence", "0"))
         except ValueError:
             return
-        if not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS):
+        tombstone = not msg.data or any(h in headers for h in _TOMBSTONE_HEADERS)
+        if tombstone:
             self.records.store(task_id, revision, b"")
         elif not self.records.has(task_id, revision):  # not the echo of our own write
             self.records.store(task_id, revision, msg.data)
-        for queue in self._waiters.get(task_id, ()):
-            queue.put_nowait(msg)
+        waiters = self._waiters.get(task_id)
+        if waiters and (tombstone or _ends_wait(msg.data)):
+            for queue in waiters:
+                queue.put_nowait(msg)
 
     async def _current(self, task_id: str) -> TaskRecord:
         """The latest record: from memory when the feed guarantees it, else from the server."""
@@ -560,7 +575,9 @@ class Journal:
 
         Registers with the feed before reading, so a result written in between is not missed,
         and reads from memory when the feed guarantees the copy is the latest (no round trip);
-        an unknown task raises TaskNotFound at once, an expired one TaskExpired.
+        an unknown task raises TaskNotFound at once, an expired one TaskExpired. Waiters are
+        woken only by what ends a wait (a terminal record, a tombstone, a reconnect), not by
+        each step between: at the deadline the newest record this replica knows is taken.
         """
         await self.start()
         queue: asyncio.Queue[Msg | TaskRecord | None] = asyncio.Queue()
@@ -579,12 +596,20 @@ class Journal:
                             record = item
                         else:
                             record = self._from_feed(task_id, item) or record
-            return record
+            return record if record.terminal else self._newest(task_id, record)
         finally:
             self._reread.discard(queue)
             waiters.discard(queue)
             if not waiters:
                 self._waiters.pop(task_id, None)
+
+    def _newest(self, task_id: str, known: TaskRecord) -> TaskRecord:
+        """``known``, or a newer revision this replica has since stored (a tombstone raises
+        TaskExpired); without a round trip, so a wait answers at its deadline."""
+        newest = self.records.get(task_id)
+        if newest is None:
+            return known
+        return _known_or_raise(task_id, *newest)[0]
 
     async def _reread_record(self, task_id: str, known: TaskRecord) -> TaskRecord:
         try:

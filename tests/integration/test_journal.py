@@ -162,6 +162,23 @@ async def test_wait_returns_the_record_at_the_deadline(hub_core: Core) -> None:
     assert 0.25 < time.monotonic() - started < 2
 
 
+@pytest.mark.parametrize("writer", ["this replica", "another replica"])
+async def test_a_wait_past_its_deadline_answers_the_newest_step(
+    hub_core: Core, make_core, writer: str
+) -> None:
+    """Waiters wake only for what ends a wait; the steps between still show at the deadline."""
+    await hub_core.journal.start()
+    await hub_core.pool.submit(TaskSpec(kind="echo", payload=b"p", id="t1"))
+    waiter = asyncio.create_task(hub_core.journal.wait("t1", timeout_s=1.0))
+    await asyncio.sleep(0.1)
+    other = hub_core if writer == "this replica" else await make_core()
+    grant = await take_one(other.pool, "n1", timeout_s=5)
+    await other.pool.begin("t1", grant.record.attempt, "n1")
+    async with asyncio.timeout(5):
+        record = await waiter
+    assert (record.status, record.node) == (Status.RUNNING, "n1")
+
+
 async def test_wait_on_an_expired_result(make_core) -> None:
     """After the result TTL the key holds an expiry marker: TaskExpired, not TaskNotFound."""
     core = await make_core(result_ttl_s=2.0)  # readable for 2 s, then a marker for 2 s

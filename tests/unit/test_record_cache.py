@@ -6,11 +6,12 @@ import dataclasses
 import gc
 from collections import OrderedDict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hub import lifecycle
-from hub.journal import RecordCache
+from hub.journal import RecordCache, _ends_wait
 from hub.model import TaskRecord, TaskSpec
 
 
@@ -107,3 +108,18 @@ def test_a_full_cache_gives_the_collector_little_to_walk() -> None:
         cache.store(task_id, i + 1, raw, record(task_id))
     gc.collect()
     assert len(gc.get_objects()) - before < 2_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "ends"),
+    [
+        (b'{"id":"t","status":"succeeded"}', True),
+        (b'{"id":"t","status":"dead"}', True),
+        (b'{"id":"t","status":"running"}', False),
+        (b'{"id":"t","status":"queued"}', False),
+        (b"not json", True),  # passed on, to fail where it is decoded
+        (b"[1, 2]", True),
+    ],
+)
+def test_only_what_ends_a_wait_wakes_a_waiter(raw: bytes, ends: bool) -> None:
+    assert _ends_wait(raw) is ends
