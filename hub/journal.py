@@ -19,7 +19,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import nats.js.errors
 import orjson
@@ -57,6 +57,7 @@ EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 HEADER_TTL = "Nats-TTL"  # whole seconds
 _TOMBSTONE_HEADERS = ("Nats-Marker-Reason",)
 _TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+_DEADLINE = object()  # a waiter's queue item: its time is up
 
 Update = Callable[[TaskRecord], TaskRecord]
 _T = TypeVar("_T")
@@ -181,9 +182,9 @@ class Journal:
         self.requests = Requests(nc)
         self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
         self.records = RecordCache()
-        # Per task: the queues of its waiters, fed with feed messages, our own committed
-        # records, or None for "re-read" (after a reconnect).
-        self._waiters: dict[str, set[asyncio.Queue[Msg | TaskRecord | None]]] = {}
+        # Per task: the queues of its waiters, fed with what ends a wait (feed messages, our
+        # own committed records), None for "re-read" (after a reconnect), or _DEADLINE.
+        self._waiters: dict[str, set[asyncio.Queue[Msg | TaskRecord | object | None]]] = {}
         self._feed_started = False
         self._buffers: OrderedDict[str, tuple[HeadTail, int]] = OrderedDict()
         self._pending: dict[tuple[str, str], Unwritten] = {}
@@ -580,24 +581,31 @@ class Journal:
         each step between: at the deadline the newest record this replica knows is taken.
         """
         await self.start()
-        queue: asyncio.Queue[Msg | TaskRecord | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Msg | TaskRecord | object | None] = asyncio.Queue()
         waiters = self._waiters.setdefault(task_id, set())
         waiters.add(queue)
         self._reread.add(queue)
+        deadline = loop.time() + timeout_s
+        # (the deadline is an item in the queue, not asyncio.timeout: that cost 4x as much)
+        timer = loop.call_at(deadline, queue.put_nowait, _DEADLINE)
         try:
             record = await self._current(task_id)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    while not record.terminal:
-                        item = await queue.get()
-                        if item is None:
+            while not record.terminal:
+                item = await queue.get()
+                if item is _DEADLINE:
+                    return self._newest(task_id, record)
+                if item is None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(deadline):
                             record = await self._reread_record(task_id, record)
-                        elif isinstance(item, TaskRecord):
-                            record = item
-                        else:
-                            record = self._from_feed(task_id, item) or record
-            return record if record.terminal else self._newest(task_id, record)
+                elif isinstance(item, TaskRecord):
+                    record = item
+                else:
+                    record = self._from_feed(task_id, cast(Msg, item)) or record
+            return record
         finally:
+            timer.cancel()
             self._reread.discard(queue)
             waiters.discard(queue)
             if not waiters:

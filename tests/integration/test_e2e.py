@@ -208,3 +208,20 @@ async def test_watch_of_an_unknown_task_is_not_found(e2e_hub: GrpcHub) -> None:
             async for _ in events:
                 pass
     assert err.value.code == "NOT_FOUND"
+
+
+async def test_a_handler_past_the_tasks_timeout_fails_the_attempt(e2e_hub: GrpcHub) -> None:
+    """``timeout_s`` bounds the handler on the node; without one, the handler is not bounded."""
+    replica = await e2e_hub.replica(max_attempts=1)
+
+    async def slow(ctx: TaskContext) -> bytes:
+        await asyncio.sleep(float(ctx.payload))
+        return b"finished"
+
+    await e2e_hub.node(addr(replica), "n1", {"slow": slow}, slots=2)
+    client = e2e_hub.client(replica)
+    bounded = await client.submit("slow", b"30", timeout_s=0.3, wait_s=STEP_S)
+    unbounded = await client.submit("slow", b"0.5", wait_s=STEP_S)
+    assert bounded.done and bounded.task.status != common_pb2.SUCCEEDED
+    assert "timed out after 0.3 s" in bounded.task.error
+    assert unbounded.done and unbounded.task.result == b"finished"

@@ -171,6 +171,37 @@ async def test_a_replica_that_does_not_say_it_accepted_is_written_to_after_a_whi
         await server.stop(0)
 
 
+class _NeverAnswers(tasks_pb2_grpc.TaskServiceServicer):
+    """A replica stuck on every call (as one is while NATS is away and it retries a write)."""
+
+    async def SubmitStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        await context.send_initial_metadata(())
+        async for _ in request_iterator:
+            pass
+        await asyncio.sleep(STEP_S * 2)
+        yield tasks_pb2.SubmitReplies()  # (never reached within the test)
+
+
+async def test_a_submit_nobody_answers_fails_at_its_deadline_and_the_next_still_goes() -> None:
+    server = grpc.aio.server()
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(_NeverAnswers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = Client(f"127.0.0.1:{port}", timeout_s=0.3)
+    try:
+        for _ in range(2):  # the stream outlives a call's deadline
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(ClientError) as err:
+                async with asyncio.timeout(STEP_S):
+                    await client.submit("echo", b"x")
+            assert err.value.code == "DEADLINE_EXCEEDED"
+            assert 0.25 < asyncio.get_running_loop().time() - started < 2
+            assert client._submits is not None and not client._submits.pending
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
 async def test_a_broken_stream_is_replaced_and_the_retry_keeps_the_task_id(
     e2e_hub: GrpcHub,
 ) -> None:
