@@ -25,7 +25,7 @@ from typing import Any
 
 import nats.errors
 import pytest
-from hubtest import Core, eventually, make_settings, open_core
+from hubtest import NATS_PY_RECONNECT_LEAK, Core, eventually, make_settings, open_core
 
 from hub.dev.cluster import NatsCluster
 from hub.errors import HubError, Unavailable
@@ -35,7 +35,7 @@ from hub.model import Priority, Status, TaskRecord, TaskSpec
 from hub.nats import subjects
 from hub.nats.server import EmbeddedNats, find_binary
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [NATS_PY_RECONNECT_LEAK, pytest.mark.slow, pytest.mark.timeout(120)]
 
 log = logging.getLogger(__name__)
 

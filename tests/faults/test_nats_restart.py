@@ -11,11 +11,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from hubtest import Core, TcpProxy, eventually, take_all, take_one
+from hubtest import NATS_PY_RECONNECT_LEAK, Core, TcpProxy, eventually, take_all, take_one
 
 from hub.journal import WatchEvent
 from hub.model import Priority, Status, TaskSpec
 from hub.nats.server import EmbeddedNats
+
+pytestmark = NATS_PY_RECONNECT_LEAK
 
 
 async def restarted(

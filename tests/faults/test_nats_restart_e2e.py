@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from hubtest import NATS_PY_RECONNECT_LEAK
 from procrig import ProcRig, all_terminal, retrying, statuses
 
 from hub.buffers import HeadTail
@@ -29,7 +30,7 @@ from hub.nats import subjects
 from hub.nats.server import EmbeddedNats
 from hub.v1 import common_pb2
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [NATS_PY_RECONNECT_LEAK, pytest.mark.slow, pytest.mark.timeout(150)]
 
 TASKS = 120
 KILL_AFTER = 40  # submitted tasks before the kill: work queued, running and finished
