@@ -33,6 +33,7 @@ __all__ = (
     "encode_bytes",
     "evolve",
     "new_task_id",
+    "route_of",
     "validate_node_id",
     "validate_task_id",
 )
@@ -139,12 +140,13 @@ class Route:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Route:
-        return _route(data.get("node", ""), tuple(data.get("capabilities", ())))
+        return route_of(data.get("node", ""), tuple(data.get("capabilities", ())))
 
 
 @functools.lru_cache(maxsize=1024)
-def _route(node: str, capabilities: tuple[str, ...]) -> Route:
-    """Routes repeat across records (most are "any"): validate and build each one once."""
+def route_of(node: str, capabilities: tuple[str, ...]) -> Route:
+    """Routes repeat across records and requests (most are "any"): validate and build each
+    one once."""
     return Route(node=node, capabilities=frozenset(capabilities))
 
 

@@ -102,7 +102,9 @@ class Pool:
 
     async def start(self) -> None:
         """Listen to the doorbell: each stored task rings it (headers only) with its subject."""
-        self._bell_sub = await subscribe_inline(self.nc, subjects.bell_subject(), self._ring)
+        self._bell_sub = await subscribe_inline(
+            self.nc, subjects.bell_subject(), self._ring, headers=False
+        )
 
     def _ring(self, msg: Msg) -> None:
         try:

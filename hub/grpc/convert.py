@@ -5,7 +5,7 @@ from __future__ import annotations
 from hub.buffers import HeadTail
 from hub.config import Settings
 from hub.errors import InvalidTask
-from hub.model import AttemptInfo, Priority, Route, Status, TaskRecord, TaskSpec
+from hub.model import AttemptInfo, Priority, Route, Status, TaskRecord, TaskSpec, route_of
 from hub.queue import DeadLetter
 from hub.v1 import common_pb2 as pb
 from hub.v1 import tasks_pb2
@@ -44,7 +44,7 @@ def priority_to_pb(priority: Priority) -> pb.Priority:
 
 
 def route_from_pb(route: pb.Route) -> Route:
-    return Route(node=route.node_id, capabilities=frozenset(route.capabilities))
+    return route_of(route.node_id, tuple(route.capabilities))
 
 
 def spec_from_pb(request: tasks_pb2.SubmitRequest) -> TaskSpec:

@@ -30,12 +30,16 @@ Handler = Callable[[Msg], None]
 
 
 class Inline:
-    """What nats-py calls for each message of a subscription made with ``future=``."""
+    """What nats-py calls for each message of a subscription made with ``future=``.
 
-    __slots__ = ("handler",)
+    ``headers=False``: the handler reads no headers, so ``hub.nats.connection.HubClient`` does
+    not parse them (a doorbell carries the task message's whole header block).
+    """
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
+    __slots__ = ("handler", "headers")
+
+    def __init__(self, handler: Handler, *, headers: bool = True) -> None:
+        self.handler, self.headers = handler, headers
 
     def cancelled(self) -> bool:
         return False
@@ -48,10 +52,13 @@ class Inline:
             log.exception("handler for %s failed", msg.subject)
 
 
-async def subscribe_inline(nc: NATS, subject: str, handler: Handler) -> Subscription:
+async def subscribe_inline(
+    nc: NATS, subject: str, handler: Handler, *, headers: bool = True
+) -> Subscription:
     """Subscribe with a plain function run by the read loop for each message.
 
     The handler must not block: it runs between reads of the socket. No queue stands between
-    it and the connection, so no message is dropped as a slow consumer's.
+    it and the connection, so no message is dropped as a slow consumer's. ``headers=False``
+    may leave ``msg.headers`` empty.
     """
-    return await nc.subscribe(subject, future=cast(Any, Inline(handler)))
+    return await nc.subscribe(subject, future=cast(Any, Inline(handler, headers=headers)))

@@ -4,9 +4,10 @@ Every task costs the replica several awaited NATS requests, and nats-py's ``requ
 more Python CPU on each than nats-server does: a random token from ``os.urandom`` per call, a
 done-callback, ``asyncio.wait_for`` with its extra future, and for JetStream a ``PubAck``
 dataclass built by reflection. Here one wildcard inbox carries every reply (read inline, see
-``hub.nats.inline``), tokens come from a counter, a timer handle bounds the wait, and a publish
-ack is read as plain JSON. The errors raised are nats-py's own, so ``hub.nats.errors`` treats
-them as it treats nats-py's.
+``hub.nats.inline``), tokens come from a counter, one sweep bounds every wait (a timer per
+request cost 3 us to arm and cancel, five times a task), and a publish ack is read as plain
+JSON. The errors raised are nats-py's own, so ``hub.nats.errors`` treats them as it treats
+nats-py's.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from hub.nats.inline import subscribe_inline
 __all__ = ("Requests",)
 
 
-def _time_out(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())
+#: How often waiting requests are checked against their deadlines: a request times out up to
+#: this late, which no caller can tell from a slow answer.
+SWEEP_S = 0.05
 
 
 class Requests:
@@ -37,9 +38,10 @@ class Requests:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self._prefix = ""
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
         self._tokens = itertools.count()
         self._subscribing = asyncio.Lock()
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def _subscribe(self) -> None:
         async with self._subscribing:
@@ -49,9 +51,21 @@ class Requests:
                 self._prefix = prefix
 
     def _reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
+
+    def _expire(self) -> None:
+        """Fail the requests past their deadline; re-armed while any are waiting."""
+        now = asyncio.get_running_loop().time()
+        for token, (future, deadline) in list(self._waiting.items()):
+            if deadline <= now:
+                del self._waiting[token]
+                if not future.done():
+                    future.set_exception(nats.errors.TimeoutError())
+        self._sweep = None
+        if self._waiting:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._expire)
 
     async def request(
         self,
@@ -66,13 +80,13 @@ class Requests:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(timeout_s, _time_out, future)
+        self._waiting[token] = (future, loop.time() + timeout_s)
+        if self._sweep is None:
+            self._sweep = loop.call_later(min(SWEEP_S, timeout_s), self._expire)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError

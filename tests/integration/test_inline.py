@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from hub.model import Priority, Route
+from hub.nats.connection import HubClient
 from hub.nats.inline import subscribe_inline
 from hub.nats.server import EmbeddedNats
 from hub.nats.subjects import ConsumerName
@@ -25,9 +26,11 @@ from hub.queue import _Puller
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_server.url)
+@pytest.fixture(params=[NATS, HubClient], ids=["nats-py", "HubClient"])
+async def nc(nats_server: EmbeddedNats, request: pytest.FixtureRequest) -> AsyncIterator[NATS]:
+    """Both clients: HubClient hands inline messages over by its own path."""
+    conn = request.param()
+    await conn.connect(nats_server.url)
     try:
         yield conn
     finally:
@@ -74,6 +77,15 @@ async def test_a_failing_handler_is_logged_and_the_connection_carries_on(
     assert got == [b"one", b"two"]
     assert nc.is_connected
     assert any("t.fail" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_handler_that_reads_no_headers_gets_every_message_all_the_same(nc: NATS) -> None:
+    got: list[tuple[str, bytes]] = []
+    await subscribe_inline(nc, "t.bell.*", lambda m: got.append((m.subject, m.data)), headers=False)
+    for i in range(20):
+        await nc.publish(f"t.bell.{i}", str(i).encode(), headers={"Hub-Record": "x" * 700})
+    await settled(nc)
+    assert got == [(f"t.bell.{i}", str(i).encode()) for i in range(20)]
 
 
 async def test_the_subscription_is_renewed_after_a_reconnect(

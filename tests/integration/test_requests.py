@@ -16,16 +16,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from hub.nats.connection import HubClient
 from hub.nats.errors import is_wrong_last_sequence
-from hub.nats.requests import Requests
+from hub.nats.requests import SWEEP_S, Requests
 from hub.nats.server import EmbeddedNats
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_server.url)
+@pytest.fixture(params=[NATS, HubClient], ids=["nats-py", "HubClient"])
+async def nc(nats_server: EmbeddedNats, request: pytest.FixtureRequest) -> AsyncIterator[NATS]:
+    """Both clients: HubClient hands inline messages over by its own path."""
+    conn = request.param()
+    await conn.connect(nats_server.url)
     await conn.jetstream().add_stream(name="T", subjects=["t.>"])
     try:
         yield conn
@@ -68,6 +71,31 @@ async def test_an_unanswered_request_times_out_and_leaves_nothing_behind(nc: NAT
     assert requests._waiting == {}
 
 
+async def test_each_unanswered_request_times_out_at_its_own_deadline(nc: NATS) -> None:
+    """One sweep serves every request: each still fails no earlier than its timeout and at
+    most a sweep late, while an answered request beside them is not disturbed."""
+    requests = Requests(nc)
+    await nc.subscribe("silent", cb=_ignore)
+    await nc.subscribe("echo", cb=_echo)
+    loop = asyncio.get_running_loop()
+
+    async def timed(timeout_s: float) -> float:
+        start = loop.time()
+        with pytest.raises(nats.errors.TimeoutError):
+            await requests.request("silent", b"x", timeout_s=timeout_s)
+        return loop.time() - start
+
+    timeouts = (0.02, 0.3, 0.12, 0.6)
+    waited, answer = await asyncio.gather(
+        asyncio.gather(*(timed(t) for t in timeouts)),
+        requests.request("echo", b"hi", timeout_s=5),
+    )
+    assert answer.data == b"hi"
+    for timeout_s, took in zip(timeouts, waited, strict=True):
+        assert timeout_s <= took < timeout_s + SWEEP_S + 0.25, (timeout_s, took)
+    assert requests._waiting == {}
+
+
 async def test_concurrent_requests_each_get_their_own_reply(nc: NATS) -> None:
     answers: set[asyncio.Task[None]] = set()
 
@@ -88,3 +116,7 @@ async def test_concurrent_requests_each_get_their_own_reply(nc: NATS) -> None:
 
 async def _ignore(msg: Msg) -> None:
     return None
+
+
+async def _echo(msg: Msg) -> None:
+    await msg.respond(msg.data)
