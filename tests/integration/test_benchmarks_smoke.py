@@ -124,6 +124,14 @@ def test_floors_ends_with_a_json_result() -> None:
         assert result[f"{step}_p99_us"] >= result[f"{step}_p50_us"] > 0
 
 
+def test_batched_writes_ends_with_a_json_result() -> None:
+    result = run_bench(["batched_writes.py", "--writes", "8", "--rounds", "5", "--warmup", "1"])
+    assert result["bench"] == "batched_writes"
+    for way in ("single", "atomic"):  # (CPU is read in clock ticks: a tiny run may show 0)
+        assert result[f"{way}_client_us"] >= 0 and result[f"{way}_server_us"] >= 0
+        assert result[f"{way}_wall_us"] > 0
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     result = run_bench(["bare_path.py", *TINY, "--loop", loop])
