@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
 import pytest
 
-from hub.cli import loop_factory
+from hub.cli import GC_THRESHOLD, loop_factory, settle_gc
 from hub.config import Settings, load_settings, unknown_env
 from hub.errors import InvalidSettings
 from hub.nats.server import render_config
@@ -122,3 +123,16 @@ def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
 def test_without_uvloop_the_hub_runs_on_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # what an import on a platform without it sees
     assert loop_factory("uvloop") is None
+
+
+def test_a_started_process_freezes_what_is_alive_and_collects_less_often() -> None:
+    before = gc.get_threshold()
+    alive = object.__new__(type("Alive", (), {}))  # a tracked object alive at the start
+    try:
+        settle_gc()
+        assert gc.get_threshold() == GC_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        assert not any(o is alive for o in gc.get_objects())  # frozen: never walked again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
