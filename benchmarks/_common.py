@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -27,6 +26,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from hub.nats.server import dies_with_parent
 
 # Every child we start execs a fresh interpreter, so gRPC's fork handlers buy nothing; with them
 # on, a process forked while our gRPC client threads were busy sometimes came up with a broken
@@ -61,8 +62,6 @@ def add_task_flags(p: argparse.ArgumentParser, *, inflight: int = 64) -> None:
 
 T = TypeVar("T")
 
-_PR_SET_PDEATHSIG = 1
-_PRCTL: Any = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -75,16 +74,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the benchmark dies, so nothing is orphaned.
-
-    `prctl` is looked up at import, so the child (forked, maybe from a threaded process) only
-    makes one C call and never loads a library.
-    """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def spawn(
@@ -103,13 +92,12 @@ def spawn(
     out: Any = open(log_path, "ab") if log_path else sys.stderr  # noqa: SIM115 - the child owns it
     try:
         proc = subprocess.Popen(
-            list(argv),
+            dies_with_parent(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
         )
     finally:
         if log_path:

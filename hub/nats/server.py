@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -20,14 +19,14 @@ import signal
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from hub.errors import ServerFailed
 
-__all__ = ("EmbeddedNats", "find_binary", "render_config")
+__all__ = ("EmbeddedNats", "dies_with_parent", "find_binary", "render_config")
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +71,31 @@ def render_config(template: str, *, port: int, store_dir: Path, sync: str, extra
     return out + ("\n" + extra if extra else "")
 
 
-def _dies_with_parent() -> Callable[[], None] | None:
-    """On Linux, the server gets SIGTERM when the process that started it dies, even by
-    SIGKILL (an OOM kill): an orphaned server would hold the port and the store, and the next
-    start would fail on them. SIGTERM lets JetStream flush. Elsewhere there is no such signal.
+#: Run by a fresh interpreter between our process and the program: ask for SIGTERM when our
+#: process dies, give up if it already has, then become the program (same PID).
+_BECOME_WITH_PDEATHSIG = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-    This runs in the child between fork and exec, where only system calls are safe: ``prctl``
-    is looked up before the fork.
+
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` made to get SIGTERM when the process that starts it dies, even by SIGKILL (an
+    OOM kill), on Linux; unchanged elsewhere, where there is no such signal. An orphaned
+    nats-server would hold the port and the store, and the next start would fail on them;
+    SIGTERM lets JetStream flush.
+
+    The signal is asked for by a fresh interpreter that then execs ``argv``, not by a
+    ``preexec_fn``: that runs Python in a child forked from a threaded process, and with gRPC's
+    threads busy the child crashed in ``threading``'s after-fork hooks, before exec, in one
+    start out of four (``hub.nats.server`` started from a process serving gRPC).
     """
     if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the prctl took hold
-            os._exit(1)
-
-    return preexec
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _BECOME_WITH_PDEATHSIG, str(os.getpid()), *argv]
 
 
 class EmbeddedNats:
@@ -140,16 +145,11 @@ class EmbeddedNats:
         )
         self.log_path.write_text("")
         self.process = await asyncio.create_subprocess_exec(
-            str(binary),
-            "-c",
-            str(conf),
-            "-l",
-            str(self.log_path),
+            *dies_with_parent([str(binary), "-c", str(conf), "-l", str(self.log_path)]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_dies_with_parent(),
         )
         try:
             self.port = await self._wait_ready()
