@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from hubtest import NATS_PY_RECONNECT_LEAK
+from hubtest import NATS_PY_RECONNECT_LEAK, eventually
 from procrig import ProcRig, all_terminal, retrying, statuses
 
 from hub.buffers import HeadTail
@@ -71,9 +71,16 @@ async def test_nats_restart_mid_run_loses_nothing_end_to_end(
 
         async def kill_and_restart() -> float:
             await killed.wait()
-            # mid-run: some tasks finished, some queued or running on a node
-            before = await statuses(clients[0], list(specs)[:KILL_AFTER])
-            assert common_pb2.SUCCEEDED in before.values(), before
+            # mid-run: some tasks finished (once the nodes, separate processes, have attached:
+            # on a loaded machine that can take longer than the first submits), some queued or
+            # running on a node
+            first = list(specs)[:KILL_AFTER]
+
+            async def some_finished() -> dict[str, int]:
+                now = await statuses(clients[0], first)
+                return now if common_pb2.SUCCEEDED in now.values() else {}
+
+            before = await eventually(some_finished, timeout_s=30)
             assert {common_pb2.QUEUED, common_pb2.RUNNING} & set(before.values()), before
             began = time.monotonic()
             await restart_nats(nats_server)
