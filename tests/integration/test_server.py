@@ -185,7 +185,7 @@ async def test_starts_every_time_from_a_process_busy_with_grpc(tmp_path: Path) -
 
     async def call_in_a_loop() -> None:
         while busy:
-            await stub.Check(health_pb2.HealthCheckRequest())
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
 
     callers = [asyncio.create_task(call_in_a_loop()) for _ in range(8)]
     try:
