@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,6 +117,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
+
+
+def children(pid: int) -> list[int]:
+    """The live children of ``pid``, from /proc (Linux): for cleaning up what a test's own
+    child started."""
+    tasks = Path(f"/proc/{pid}/task")
+    with contextlib.suppress(FileNotFoundError):
+        return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+    return []
 
 
 async def take_one(pool: Pool, node: str, *, timeout_s: float, **kwargs: Any) -> Any:

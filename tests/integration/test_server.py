@@ -16,7 +16,7 @@ import grpc
 import nats
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from hubtest import eventually
+from hubtest import children, eventually
 
 from hub.dev.procs import HubProcess
 from hub.errors import ServerFailed
@@ -150,7 +150,7 @@ async def test_a_killed_hub_takes_its_embedded_nats_server_with_it(tmp_path: Pat
     child = 0
 
     async def started() -> int:
-        return _children(hub.pid)[0] if "NATS nats://" in hub.log.read_text() else 0
+        return children(hub.pid)[0] if "NATS nats://" in hub.log.read_text() else 0
 
     async def gone() -> bool:
         return not _alive(child)
@@ -163,11 +163,6 @@ async def test_a_killed_hub_takes_its_embedded_nats_server_with_it(tmp_path: Pat
         await hub.kill()
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)  # the test's own grandchild, left by a failure
-
-
-def _children(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task")
-    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
 
 
 async def test_starts_every_time_from_a_process_busy_with_grpc(tmp_path: Path) -> None:
