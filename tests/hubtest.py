@@ -123,7 +123,7 @@ def children(pid: int) -> list[int]:
     """The live children of ``pid``, from /proc (Linux): for cleaning up what a test's own
     child started."""
     tasks = Path(f"/proc/{pid}/task")
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # gone, or a thread of it exited while we read
         return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
     return []
 
