@@ -170,7 +170,7 @@ async def run_rep(args: argparse.Namespace, *, large_first: bool) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # Every other rep measures the large backlog first: the second hub of a rep can run on a
+    # Every other rep measures the large backlog first: the second hub of a rep may run on a
     # machine in another state (page cache, the first store's deletion), which would otherwise
     # always count against the large backlog.
     large_first = itertools.cycle((False, True))
