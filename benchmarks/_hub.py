@@ -42,9 +42,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def hub_env(**values: str) -> dict[str, str]:
-    """Our environment without stray HUB_* variables, plus `values` as HUB_<NAME>."""
+    """Our environment without stray HUB_* variables, plus `values` as HUB_<NAME>, and
+    benchmarks/ on the path (for `--handlers _handlers` and `python -m _stamps`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env.update({f"HUB_{k.upper()}": v for k, v in values.items()})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     return env
 
 
@@ -62,9 +64,11 @@ class HubRig:
         node_args: Sequence[str] = (),
         start_nodes: bool = True,
         loop: str = "uvloop",
+        module: str = "hub",
     ) -> None:
         self.n_replicas, self.n_nodes, self.slots, self.sync = replicas, nodes, slots, sync
         self.loop = loop  # HUB_EVENT_LOOP of every replica and node
+        self.module = module  # what `python -m` runs as the hub command (`_stamps`: timed steps)
         self.replica_env = replica_env or {}
         self.node_args = list(node_args)
         self.start_nodes = start_nodes
@@ -101,7 +105,7 @@ class HubRig:
                 event_loop=self.loop,
                 **self.replica_env,
             )
-            pid = spawn([sys.executable, "-m", "hub", "serve"], log_path=log, env=env)
+            pid = spawn([sys.executable, "-m", self.module, "serve"], log_path=log, env=env)
             self.replica_pids.append(pid)
             await asyncio.to_thread(wait_for_log, log, "serving on port", pid, 30.0)
             self.addrs.append(addr)
@@ -114,12 +118,10 @@ class HubRig:
     async def start_node(self, node_id: str, i: int = 0, slots: int | None = None) -> int:
         """A reference node; its first address is replica i mod R (the others are fallbacks)."""
         rot = self.addrs[i % len(self.addrs) :] + self.addrs[: i % len(self.addrs)]
-        argv = [sys.executable, "-m", "hub", "node", "--id", node_id, "--hub", ",".join(rot)]
+        argv = [sys.executable, "-m", self.module, "node", "--id", node_id, "--hub", ",".join(rot)]
         argv += ["--slots", str(slots or self.slots), *self.node_args]
         log = self.tmp / f"node-{node_id}.log"
-        env = hub_env(event_loop=self.loop)  # benchmarks/ on the path, for `--handlers _handlers`
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-        pid = spawn(argv, log_path=log, env=env)
+        pid = spawn(argv, log_path=log, env=hub_env(event_loop=self.loop))
         self.node_pids.append(pid)
         return pid
 

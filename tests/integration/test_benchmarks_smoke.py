@@ -140,3 +140,32 @@ def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     assert result["tasks_per_s"] > 0
     assert result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}
+
+
+def test_timeline_matches_every_step_of_the_path() -> None:
+    argv = ["timeline.py", "--tasks", "20", "--warmup", "5", "--reps", "1", "--nodes", "1"]
+    result = run_bench(argv)
+    assert result["bench"] == "timeline"
+    # (a hub function renamed fails the replica's start; a pull that a periodic rescan sent
+    # before the doorbell rang leaves that one task unmatched)
+    assert result["raw"]["matched"][0] >= 0.9
+    assert [s["kind"] for s in result["steps"]].count("hop") == result["hops"] == 9
+    assert all(s["us"] > 0 for s in result["steps"])
+    assert result["hop_us"] + result["work_us"] == pytest.approx(
+        sum(s["us"] for s in result["steps"]), abs=0.5
+    )
+
+
+def test_timeline_matches_each_step_after_the_one_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tail of the task before (its ack answered, its doorbell round) lands in the next
+    task's window: each step is the first of its kind after the step before, not the first."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")  # (restored: `_common` sets it)
+    import timeline
+
+    steps = [step for step, _, _ in timeline.PATH]
+    tail = [(5, "replica: ← journal write answered"), (6, "replica: → pull")]
+    stamps = sorted([*tail, *((10 * (k + 1), step) for k, step in enumerate(steps[:-1]))])
+    rows = timeline.per_task(stamps, [(1, 10 * len(steps))])
+    assert rows == [[9] + [10] * (len(steps) - 1)]
+    assert timeline.per_task(stamps[:-2], [(1, 10 * len(steps))]) == []  # a step missing
