@@ -7,7 +7,8 @@ no tracing: the wrapping happens here, at start-up, and a function that was rena
 start (AttributeError) instead of going silently unmeasured. At exit the stamps are written to
 `$BENCH_STAMPS/<pid>.json` as `[[ns, step], ...]`.
 
-Each wrapper costs about a microsecond per call, small beside the steps it marks.
+A wrapped call costs about 0.35 µs more on the project's machine; a task makes about 25 of
+them over all its processes, under 10 µs beside its 3 ms.
 """
 
 from __future__ import annotations
