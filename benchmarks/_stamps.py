@@ -75,11 +75,13 @@ def named(step: str) -> Callable[..., str]:
 
 
 def install() -> None:
-    """Wrap the steps of the replica's and the node's path (a process runs one of the two)."""
-    from hub import journal, node, nodes, pool, queue
+    """Wrap the steps of the agent's, the replica's and the node's path (each process runs
+    only its own)."""
+    from hub import client, journal, node, nodes, pool, queue
     from hub.grpc import node_service, task_service
     from hub.nats import requests
 
+    wrap(client, "messages", named("agent: → submit"))
     wrap(task_service.TaskService, "_submit", named("replica: submit read"))
     wrap(
         requests.Requests,
