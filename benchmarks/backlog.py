@@ -14,8 +14,16 @@ many tasks as `--measure` asks, the same pipeline (submit, claim, run, result) i
 Reps alternate which backlog is measured first (small first in the first rep), so an order
 effect does not always fall on the same side; `--small N --large N` is an A/A check.
 
+`--ballast N` stores, beside the small side's backlog only, N messages in a stream and N keys in
+a KV bucket that the hub never reads, each the average size of the hub's own task messages and
+records. `--small 1000 --large 100000 --ballast 99000` gives both sides the same store (and
+about the same time to grow into it), so the ratio is the cost of the hub's own backlog alone;
+`--small 1000 --large 1000 --ballast 100000` measures what a bigger store alone does (the small
+side has it).
+
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 1000 --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s
+    python benchmarks/backlog.py --small 1000 --large 100000 --ballast 99000 --sync 1s
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
 from _common import CpuMeter, add_rep_flags, note
 from _hub import HubRig, emit_reps, run_reps
+from nats.js import JetStreamContext
+from nats.js.api import StorageType
 
 from hub.client import Client
 from hub.model import Priority
@@ -51,11 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the backlog at its size while measuring (submit one per finished task)",
     )
+    p.add_argument(
+        "--ballast",
+        type=int,
+        default=0,
+        help="unrelated messages and KV keys stored beside the small side's backlog",
+    )
     add_rep_flags(p, reps=1)
     return p.parse_args(argv)
 
 
-async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, float, float]:
+async def drain_rate(
+    args: argparse.Namespace, backlog: int, ballast: int = 0
+) -> tuple[float, float, float]:
     """(tasks/s over `measure` tasks, replica and nats-server CPU us per task)."""
     async with HubRig(
         nodes=args.nodes, slots=args.slots, sync=args.sync, start_nodes=False, loop=args.loop
@@ -84,6 +102,8 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
             return queue.left
 
         assert await left() == backlog, "queued tasks missing from the work-queue streams"
+        if ballast:
+            await store_ballast(js, ballast)
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         await settle(meter)
         meter.start()
@@ -115,6 +135,26 @@ async def drain_rate(args: argparse.Namespace, backlog: int) -> tuple[float, flo
         finished = d1 - d0
         per_task = {k: v * 1e6 / finished for k, v in cpu.items()}
         return finished / elapsed, per_task["replicas"], per_task["nats_server"]
+
+
+async def store_ballast(js: JetStreamContext, n: int, *, window: int = 512) -> None:
+    """N messages and N KV keys the hub never reads, sized like the hub's own (averaged over
+    what the fill stored), with the same shape: one subject for the messages, a key each."""
+    tasks = await js.stream_info(subjects.stream_name(Priority.NORMAL))
+    records = await js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")
+    msg_bytes = tasks.state.bytes // max(tasks.state.messages, 1)
+    rec_bytes = records.state.bytes // max(records.state.messages, 1)
+    await js.add_stream(name="BALLAST", subjects=["ballast"], storage=StorageType.FILE)
+    kv = await js.create_key_value(bucket="ballast")
+    t0 = time.perf_counter()
+    for start in range(0, n, window):
+        count = min(window, n - start)
+        await asyncio.gather(
+            *(js.publish("ballast", b"b" * msg_bytes) for _ in range(count)),
+            *(kv.put(f"task.{start + i}", b"r" * rec_bytes) for i in range(count)),
+        )
+    took = time.perf_counter() - t0
+    note(f"ballast: {n} messages of {msg_bytes} B and {n} keys of {rec_bytes} B in {took:.1f} s")
 
 
 class Backlog:
@@ -152,11 +192,10 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
 
 
 async def run_rep(args: argparse.Namespace, *, large_first: bool) -> dict[str, float]:
-    first = await drain_rate(args, args.large if large_first else args.small)
-    second = await drain_rate(args, args.small if large_first else args.large)
-    (small, small_cpu, small_nats), (large, large_cpu, large_nats) = (
-        (second, first) if large_first else (first, second)
-    )
+    sides = {"small": (args.small, args.ballast), "large": (args.large, 0)}
+    order = ("large", "small") if large_first else ("small", "large")
+    runs = {side: await drain_rate(args, *sides[side]) for side in order}
+    (small, small_cpu, small_nats), (large, large_cpu, large_nats) = runs["small"], runs["large"]
     return {
         "small_tasks_per_s": small,
         "large_tasks_per_s": large,
@@ -180,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "large": args.large,
         "measure": args.measure,
         "hold": args.hold,
+        "ballast": args.ballast,
     }
     emit_reps(
         "backlog",

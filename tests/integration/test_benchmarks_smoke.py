@@ -117,6 +117,16 @@ def test_backlog_ends_with_a_json_result(hold: bool) -> None:
     assert result["large_tasks_per_s"] > 0
 
 
+def test_backlog_stores_ballast_beside_the_large_side() -> None:
+    """The ballast is sized from the hub's own stored task and record: a wrong stream or bucket
+    name, or a drain that never ends with the ballast there, fails the script."""
+    argv = ["backlog.py", "--small", "20", "--large", "20", "--ballast", "300", "--measure", "20"]
+    result = run_bench(argv)
+    assert result["ballast"] == 300
+    assert result["small_tasks_per_s"] > 0
+    assert result["large_tasks_per_s"] > 0
+
+
 def test_floors_ends_with_a_json_result() -> None:
     result = run_bench(["floors.py", "--ops", "20", "--warmup", "5", "--reps", "1"])
     assert result["bench"] == "floors"
