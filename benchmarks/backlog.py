@@ -21,9 +21,16 @@ about the same time to grow into it), so the ratio is the cost of the hub's own 
 `--small 1000 --large 1000 --ballast 100000` measures what a bigger store alone does (the small
 side has it).
 
+`--same-history` has the small side's replica first take `large - small` submits, which are
+then purged from the work-queue stream: both replicas have taken the same submits and the
+journal holds the same records, and only the queued backlog differs. Without it the large
+side's replica alone has a long history behind it, and that history costs CPU per task (see
+docs/benchmarks.md, eleventh session).
+
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 1000 --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --ballast 99000 --sync 1s
+    python benchmarks/backlog.py --small 1000 --large 100000 --same-history --sync 1s
 """
 
 from __future__ import annotations
@@ -67,33 +74,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="unrelated messages and KV keys stored beside the small side's backlog",
     )
+    p.add_argument(
+        "--same-history",
+        action="store_true",
+        help="the small side's replica first takes large-small submits, then purged",
+    )
     add_rep_flags(p, reps=1)
     return p.parse_args(argv)
 
 
 async def drain_rate(
-    args: argparse.Namespace, backlog: int, ballast: int = 0
+    args: argparse.Namespace, backlog: int, *, ballast: int = 0, history: int = 0
 ) -> tuple[float, float, float]:
     """(tasks/s over `measure` tasks, replica and nats-server CPU us per task)."""
-    async with HubRig(
+    rig = HubRig(
         nodes=args.nodes, slots=args.slots, sync=args.sync, start_nodes=False, loop=args.loop
-    ) as rig:
+    )
+    async with rig, await nats.connect(rig.nats.url) as nc:
         client = rig.clients[0]
-        counter = iter(range(backlog))
+        js = nc.jetstream()
+        if history:
+            await submit_echoes(client, history, args.fill_concurrency)
+            await js.purge_stream(subjects.stream_name(Priority.NORMAL))
+            note(f"history: {history} tasks submitted, then purged from the work queue")
         t_fill = time.perf_counter()
-
-        async def fill() -> None:
-            for _ in counter:
-                await client.submit("echo", b"x" * 64)
-
-        await asyncio.gather(*(fill() for _ in range(args.fill_concurrency)))
+        await submit_echoes(client, backlog, args.fill_concurrency)
         note(f"queued {backlog} in {time.perf_counter() - t_fill:.1f} s")
         # Count what is left from the work-queue streams themselves (a task's message is acked,
         # i.e. removed, after its result is written), not through the replica's Pool API: each
         # Pool call costs the replica 9 NATS requests, and at a 20 ms poll that load grew with
         # the drain time, so a slower drain looked slower still.
-        nc = await nats.connect(rig.nats.url)
-        js = nc.jetstream()
         streams = [subjects.stream_name(p) for p in Priority]
         queue = Backlog(backlog)
 
@@ -101,7 +111,7 @@ async def drain_rate(
             queue.left = sum([(await js.stream_info(s)).state.messages for s in streams])
             return queue.left
 
-        assert await left() == backlog, "queued tasks missing from the work-queue streams"
+        assert await left() == backlog, "the work-queue streams do not hold the backlog"
         if ballast:
             await store_ballast(js, ballast)
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
@@ -131,7 +141,6 @@ async def drain_rate(
         finally:
             stop.set()
             await asyncio.gather(*refills)
-            await nc.close()
         finished = d1 - d0
         per_task = {k: v * 1e6 / finished for k, v in cpu.items()}
         return finished / elapsed, per_task["replicas"], per_task["nats_server"]
@@ -155,6 +164,16 @@ async def store_ballast(js: JetStreamContext, n: int, *, window: int = 512) -> N
         )
     took = time.perf_counter() - t0
     note(f"ballast: {n} messages of {msg_bytes} B and {n} keys of {rec_bytes} B in {took:.1f} s")
+
+
+async def submit_echoes(client: Client, n: int, concurrency: int) -> None:
+    counter = iter(range(n))
+
+    async def submit() -> None:
+        for _ in counter:
+            await client.submit("echo", b"x" * 64)
+
+    await asyncio.gather(*(submit() for _ in range(concurrency)))
 
 
 class Backlog:
@@ -192,9 +211,13 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
 
 
 async def run_rep(args: argparse.Namespace, *, large_first: bool) -> dict[str, float]:
-    sides = {"small": (args.small, args.ballast), "large": (args.large, 0)}
+    history = args.large - args.small if args.same_history else 0
+    sides = {
+        "small": lambda: drain_rate(args, args.small, ballast=args.ballast, history=history),
+        "large": lambda: drain_rate(args, args.large),
+    }
     order = ("large", "small") if large_first else ("small", "large")
-    runs = {side: await drain_rate(args, *sides[side]) for side in order}
+    runs = {side: await sides[side]() for side in order}
     (small, small_cpu, small_nats), (large, large_cpu, large_nats) = runs["small"], runs["large"]
     return {
         "small_tasks_per_s": small,
@@ -220,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         "measure": args.measure,
         "hold": args.hold,
         "ballast": args.ballast,
+        "same_history": args.same_history,
     }
     emit_reps(
         "backlog",

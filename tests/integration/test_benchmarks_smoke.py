@@ -117,12 +117,14 @@ def test_backlog_ends_with_a_json_result(hold: bool) -> None:
     assert result["large_tasks_per_s"] > 0
 
 
-def test_backlog_stores_ballast_beside_the_large_side() -> None:
-    """The ballast is sized from the hub's own stored task and record: a wrong stream or bucket
-    name, or a drain that never ends with the ballast there, fails the script."""
-    argv = ["backlog.py", "--small", "20", "--large", "20", "--ballast", "300", "--measure", "20"]
-    result = run_bench(argv)
+def test_backlog_diagnostics_ballast_and_same_history() -> None:
+    """The small side stores the ballast (sized from the hub's own stored task and record) and
+    first takes the large side's extra submits, purged: a wrong stream or bucket name, or a
+    purge that left them queued (the script checks the queue holds its backlog), fails it."""
+    argv = ["backlog.py", "--small", "20", "--large", "60", "--measure", "20"]
+    result = run_bench([*argv, "--ballast", "300", "--same-history"])
     assert result["ballast"] == 300
+    assert result["same_history"] is True
     assert result["small_tasks_per_s"] > 0
     assert result["large_tasks_per_s"] > 0
 
