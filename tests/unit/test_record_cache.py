@@ -112,7 +112,7 @@ def test_a_full_cache_gives_the_collector_little_to_walk() -> None:
 
 
 def test_a_full_cache_holds_the_records_bytes_not_the_encoders_buffers() -> None:
-    """``to_json`` hands back orjson's whole working buffer (about 8 KB for these 600-byte
+    """``to_json`` hands back orjson's whole working buffer (about 8 KB for these 400-byte
     records): kept as it came, 1,000 records held over 8 MB."""
     records = [record(f"t{i}") for i in range(1000)]
     size = sum(len(r.to_json()) for r in records)
