@@ -92,6 +92,13 @@ class HubRig:
             "nats_server": [self.nats_pid],
         }
 
+    def named_pids(self, agent_pid: int) -> dict[str, int]:
+        """Each hub process by name (agent, replica0, node0, ...), for ``_profile.recording``."""
+        named = {"agent": agent_pid}
+        named |= {f"replica{i}": pid for i, pid in enumerate(self.replica_pids)}
+        named |= {f"node{i}": pid for i, pid in enumerate(self.node_pids)}
+        return named
+
     async def start(self) -> None:
         await self.nats.start()
         for i in range(self.n_replicas):

@@ -31,6 +31,11 @@ docs/benchmarks.md, eleventh session).
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --ballast 99000 --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --same-history --sync 1s
+    python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --profile prof
+
+`--profile DIR` samples the replica (and this process, the agent) with py-spy over each side's
+measured window: `DIR/rep1-small/replica0.txt` against `DIR/rep1-large/replica0.txt` with
+`profile_diff.py` shows what the large backlog costs the replica, function by function.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
 from _common import CpuMeter, add_rep_flags, note
 from _hub import HubRig, emit_reps, run_reps
+from _profile import add_profile_flag, recording
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 
@@ -80,11 +87,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the small side's replica first takes large-small submits, then purged",
     )
     add_rep_flags(p, reps=1)
+    add_profile_flag(p)
     return p.parse_args(argv)
 
 
 async def drain_rate(
-    args: argparse.Namespace, backlog: int, *, ballast: int = 0, history: int = 0
+    args: argparse.Namespace,
+    backlog: int,
+    *,
+    ballast: int = 0,
+    history: int = 0,
+    profile_dir: Path | None = None,
 ) -> tuple[float, float, float]:
     """(tasks/s over `measure` tasks, replica and nats-server CPU us per task)."""
     rig = HubRig(
@@ -116,34 +129,49 @@ async def drain_rate(
             await store_ballast(js, ballast)
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         await settle(meter)
-        meter.start()
-        t0 = time.perf_counter()
-        stop = asyncio.Event()
-        refills = [asyncio.ensure_future(queue.refill(client, stop)) for _ in range(32)]
-        if not args.hold:
-            stop.set()
-        try:
-            for i in range(args.nodes):
-                await rig.start_node(f"bench-n{i}", i)
-            # the clock starts at the first finished task: node start-up is not claim cost
-            while (d0 := queue.done(await left())) == 0:  # noqa: ASYNC110 (polls NATS)
-                await asyncio.sleep(0.005)
-            measure = args.measure if args.hold else min(args.measure, queue.left)
-            if measure:
-                meter.start()
-                t0 = time.perf_counter()
-            else:  # a tiny backlog, gone before the first poll saw it move: count from start
-                d0, measure = 0, backlog
-            while (d1 := queue.done(await left())) < d0 + measure:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - t0
-            cpu = meter.stop()
-        finally:
-            stop.set()
-            await asyncio.gather(*refills)
-        finished = d1 - d0
+        # the nodes start inside the window: the replica and this process are what is sampled
+        with recording(profile_dir, rig.named_pids(os.getpid())):
+            finished, elapsed, cpu = await run_window(args, rig, queue, left, meter, backlog)
         per_task = {k: v * 1e6 / finished for k, v in cpu.items()}
         return finished / elapsed, per_task["replicas"], per_task["nats_server"]
+
+
+async def run_window(
+    args: argparse.Namespace,
+    rig: HubRig,
+    queue: Backlog,
+    left: Callable[[], Awaitable[int]],
+    meter: CpuMeter,
+    backlog: int,
+) -> tuple[int, float, dict[str, float]]:
+    """Start the nodes and time `--measure` tasks from the first one finished; (tasks, seconds,
+    CPU seconds by process kind)."""
+    client = rig.clients[0]
+    meter.start()
+    t0 = time.perf_counter()
+    stop = asyncio.Event()
+    refills = [asyncio.ensure_future(queue.refill(client, stop)) for _ in range(32)]
+    if not args.hold:
+        stop.set()
+    try:
+        for i in range(args.nodes):
+            await rig.start_node(f"bench-n{i}", i)
+        # the clock starts at the first finished task: node start-up is not claim cost
+        while (d0 := queue.done(await left())) == 0:  # noqa: ASYNC110 (polls NATS)
+            await asyncio.sleep(0.005)
+        measure = args.measure if args.hold else min(args.measure, queue.left)
+        if measure:
+            meter.start()
+            t0 = time.perf_counter()
+        else:  # a tiny backlog, gone before the first poll saw it move: count from start
+            d0, measure = 0, backlog
+        while (d1 := queue.done(await left())) < d0 + measure:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        return d1 - d0, elapsed, meter.stop()
+    finally:
+        stop.set()
+        await asyncio.gather(*refills)
 
 
 async def store_ballast(js: JetStreamContext, n: int, *, window: int = 512) -> None:
@@ -210,11 +238,21 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
     note("the hub did not go idle after the fill; measuring anyway")
 
 
-async def run_rep(args: argparse.Namespace, *, large_first: bool) -> dict[str, float]:
+async def run_rep(args: argparse.Namespace, rep: int, *, large_first: bool) -> dict[str, float]:
     history = args.large - args.small if args.same_history else 0
+
+    def profile_dir(side: str) -> Path | None:
+        return args.profile / f"rep{rep}-{side}" if args.profile else None
+
     sides = {
-        "small": lambda: drain_rate(args, args.small, ballast=args.ballast, history=history),
-        "large": lambda: drain_rate(args, args.large),
+        "small": lambda: drain_rate(
+            args,
+            args.small,
+            ballast=args.ballast,
+            history=history,
+            profile_dir=profile_dir("small"),
+        ),
+        "large": lambda: drain_rate(args, args.large, profile_dir=profile_dir("large")),
     }
     order = ("large", "small") if large_first else ("small", "large")
     runs = {side: await sides[side]() for side in order}
@@ -236,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     # machine in another state (page cache, the first store's deletion), which would otherwise
     # always count against the large backlog.
     large_first = itertools.cycle((False, True))
-    reps, loop = run_reps(args, lambda: run_rep(args, large_first=next(large_first)))
+    numbers = itertools.count(1)
+    reps, loop = run_reps(args, lambda: run_rep(args, next(numbers), large_first=next(large_first)))
     params = {
         "small": args.small,
         "large": args.large,
@@ -244,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         "hold": args.hold,
         "ballast": args.ballast,
         "same_history": args.same_history,
+        "profile": str(args.profile) if args.profile else None,
     }
     emit_reps(
         "backlog",

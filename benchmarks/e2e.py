@@ -9,6 +9,10 @@ latency, K=64 the loaded throughput. Reports tasks/s, p50/p99 and CPU per task o
 kind (agent, replicas, nodes, nats-server) from /proc; every process is stopped by its PID.
 
     python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 3
+    python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 1 --profile prof/k64
+
+`--profile DIR` samples the agent, each replica and each node with py-spy over the measured
+tasks (`DIR/rep1/replica0.txt`, ...; see `_profile.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from _common import (
     task_params,
 )
 from _hub import HubRig, hub_params
+from _profile import add_profile_flag, recording
 
 from hub.client import Client
 
@@ -55,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="submit-wait",
         help="one Submit call with wait_s, or Submit then Wait (two calls)",
     )
+    add_profile_flag(p)
     return p.parse_args(argv)
 
 
@@ -101,14 +107,17 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
                 drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout
             )
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
-        meter.start()
-        t0 = time.perf_counter()
-        with progress(args.tasks, f"e2e rep {rep + 1}/{args.reps}") as bar:
-            lat = await asyncio.wait_for(
-                drive(rig.clients, args.tasks, args.inflight, payload, bar, args.api), args.timeout
-            )
-        elapsed = time.perf_counter() - t0
-        cpu = meter.stop()
+        profile_dir = args.profile / f"rep{rep + 1}" if args.profile else None
+        with recording(profile_dir, rig.named_pids(os.getpid())):
+            meter.start()
+            t0 = time.perf_counter()
+            with progress(args.tasks, f"e2e rep {rep + 1}/{args.reps}") as bar:
+                lat = await asyncio.wait_for(
+                    drive(rig.clients, args.tasks, args.inflight, payload, bar, args.api),
+                    args.timeout,
+                )
+            elapsed = time.perf_counter() - t0
+            cpu = meter.stop()
     return RepResult(args.tasks, elapsed, lat, cpu)
 
 
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "loop": loop_name,
         **hub_params(),
         "nats_server": nats_server_version(),
+        "profile": str(args.profile) if args.profile else None,
     }
     emit_json(summarize("e2e", params, reps))
 

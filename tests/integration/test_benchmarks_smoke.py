@@ -129,6 +129,58 @@ def test_backlog_diagnostics_ballast_and_same_history() -> None:
     assert result["large_tasks_per_s"] > 0
 
 
+# --- profiles of the measured window ---------------------------------------------------------
+
+
+def test_profile_diff_compares_each_functions_share(tmp_path: Path) -> None:
+    """Shares of each profile's own samples, one row per function whatever its line, the
+    largest growth first; inclusive shares count a function anywhere in the stack."""
+    before, after = tmp_path / "before.txt", tmp_path / "after.txt"
+    before.write_text(
+        "main (run.py:1);claim (pool.py:10) 3\nmain (run.py:1);decode (model.py:5) 1\n"
+    )
+    after.write_text(
+        "main (run.py:1);claim (pool.py:12) 2\nmain (run.py:2);decode (model.py:5) 6\nnot a line\n"
+    )
+    result = run_bench(["profile_diff.py", str(before), str(after)])
+    assert result["samples"] == [4, 8]
+    rows = [(r["function"], r["before"], r["after"]) for r in result["rows"]]
+    assert rows == [("decode (model.py)", 0.25, 0.75), ("claim (pool.py)", 0.75, 0.25)]
+    inclusive = run_bench(["profile_diff.py", str(before), str(after), "--inclusive"])
+    assert ("main (run.py)", 1.0, 1.0) in [
+        (r["function"], r["before"], r["after"]) for r in inclusive["rows"]
+    ]
+
+
+def _py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+@pytest.mark.skipif(_py_spy() is None, reason="py-spy not installed: pip install -e '.[bench]'")
+def test_e2e_profile_samples_each_hub_process(tmp_path: Path) -> None:
+    """`--profile` leaves one py-spy file per process, and the replica's holds samples of the
+    hub's own code taken while the tasks ran."""
+    result = run_bench(["e2e.py", *TINY, "--tasks", "300", "--profile", str(tmp_path)])
+    assert result["profile"] == str(tmp_path)
+    files = sorted(p.name for p in (tmp_path / "rep1").iterdir())
+    assert files == ["agent.txt", "node0.txt", "node1.txt", "replica0.txt"]
+    replica = (tmp_path / "rep1" / "replica0.txt").read_text()
+    assert "hub/pool.py" in replica
+
+
+@pytest.mark.skipif(_py_spy() is None, reason="py-spy not installed: pip install -e '.[bench]'")
+def test_backlog_profile_samples_each_side(tmp_path: Path) -> None:
+    argv = ["backlog.py", "--small", "20", "--large", "60", "--measure", "40", "--hold"]
+    result = run_bench([*argv, "--profile", str(tmp_path)])
+    assert result["profile"] == str(tmp_path)
+    for side in ("small", "large"):
+        assert sorted(p.name for p in (tmp_path / f"rep1-{side}").iterdir()) == [
+            "agent.txt",
+            "replica0.txt",
+        ]
+
+
 def test_floors_ends_with_a_json_result() -> None:
     result = run_bench(["floors.py", "--ops", "20", "--warmup", "5", "--reps", "1"])
     assert result["bench"] == "floors"

@@ -1,0 +1,157 @@
+"""Where the time goes: py-spy over a benchmark's measured window, and two profiles compared.
+
+Issue 5 asks that a goal the hub misses be stated with the profile that shows where its time
+goes. Earlier sessions took those profiles by hand, attaching py-spy from a second shell at
+about the right moment; `--profile DIR` on `e2e.py` and `backlog.py` makes the profile part of
+the run instead: each hub process is sampled over exactly the window the benchmark measures,
+and `profile_diff.py` compares two such files function by function.
+
+A profile is py-spy's raw (collapsed) format: one line per distinct stack,
+`outer (file:line);...;leaf (file:line) COUNT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import find_binary
+
+RATE_HZ = 250
+"""Samples per second: enough for a few thousand samples over a measured window of seconds,
+while py-spy itself stays under a few per cent of one core."""
+
+_LINE_NO = re.compile(r":\d+\)$")
+
+
+def add_profile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each hub process with py-spy over the measured window, one file each in DIR"
+        " (compare two with profile_diff.py)",
+    )
+
+
+@contextlib.contextmanager
+def recording(out_dir: Path | None, pids: Mapping[str, int]) -> Iterator[dict[str, str]]:
+    """Sample each named process (name -> pid) while the block runs; yields {name: file}.
+
+    Each sampler has started before the block begins (py-spy says so once attached), and each
+    is stopped with SIGINT when the block ends, which makes py-spy write its file; a sampler
+    that outlives its bound is killed. With no ``out_dir`` nothing is sampled.
+    """
+    if out_dir is None:
+        yield {}
+        return
+    py_spy = find_binary("py-spy", "pip install -e '.[bench]'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: str(out_dir / f"{name}.txt") for name in pids}
+    samplers: list[subprocess.Popen[str]] = []
+    try:
+        for name, pid in pids.items():
+            argv = [py_spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ)]
+            argv += ["--format", "raw", "--nonblocking", "--output", files[name]]
+            sampler = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            samplers.append(sampler)
+            _wait_attached(sampler)
+        yield files
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)
+        for sampler in samplers:
+            try:
+                sampler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                sampler.wait(timeout=5)
+
+
+def _wait_attached(sampler: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
+    """Until py-spy says it samples (bounded); py-spy that exits first is an error."""
+    assert sampler.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        line = sampler.stdout.readline()
+        if not line:
+            raise RuntimeError(f"py-spy exited before sampling: {''.join(seen)[-2000:]}")
+        if "Sampling process" in line:
+            return
+        seen.append(line)
+    raise TimeoutError(f"py-spy did not start sampling within {timeout_s} s")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Samples per function: as the leaf of a stack (self) and anywhere in it (inclusive)."""
+
+    samples: int
+    own: Counter[str]
+    inclusive: Counter[str]
+
+    def share(self, function: str, *, inclusive: bool = False) -> float:
+        counts = self.inclusive if inclusive else self.own
+        return counts[function] / self.samples if self.samples else 0.0
+
+
+def function_of(frame: str) -> str:
+    """A frame's function and file, without its line: `Pool.claim (hub/pool.py)`. Lines split one
+    function's samples over its statements, which a comparison of two runs does not want."""
+    return _LINE_NO.sub(")", frame.strip())
+
+
+def parse(collapsed: str) -> Profile:
+    """A py-spy raw profile; lines that are not `stack COUNT` are skipped."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [function_of(f) for f in stack.split(";")]
+        samples += n
+        own[frames[-1]] += n
+        for function in set(frames):
+            inclusive[function] += n
+    return Profile(samples, own, inclusive)
+
+
+@dataclass(frozen=True)
+class Change:
+    function: str
+    before: float  # share of the first profile's samples
+    after: float
+
+    @property
+    def delta(self) -> float:
+        return self.after - self.before
+
+
+def compare(before: Profile, after: Profile, *, inclusive: bool = False) -> list[Change]:
+    """Every function's share in both profiles, the largest growth first. Shares, not counts:
+    the two windows rarely hold the same number of samples."""
+    functions = set(before.inclusive if inclusive else before.own)
+    functions |= set(after.inclusive if inclusive else after.own)
+    changes = [
+        Change(f, before.share(f, inclusive=inclusive), after.share(f, inclusive=inclusive))
+        for f in functions
+    ]
+    return sorted(changes, key=lambda c: (-c.delta, c.function))
