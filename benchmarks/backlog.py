@@ -25,7 +25,7 @@ side has it).
 then purged from the work-queue stream: both replicas have taken the same submits and the
 journal holds the same records, and only the queued backlog differs. Without it the large
 side's replica alone has a long history behind it, and that history costs CPU per task (see
-docs/benchmarks.md, eleventh session).
+docs/benchmarks.md, P4).
 
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 1000 --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s

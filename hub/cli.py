@@ -502,7 +502,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
     At low load most of a task's CPU in a replica or node is the event loop waking up for each
     NATS or gRPC message, and uvloop makes each wake-up much cheaper: K=1 latency and K=64
-    throughput both gain (docs/benchmarks.md, sixth session).
+    throughput both gain (docs/benchmarks-log.md, sixth session).
     """
     if name != "uvloop":
         return None
