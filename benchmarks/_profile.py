@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -43,34 +45,29 @@ def add_profile_flag(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def recording(out_dir: Path | None, pids: Mapping[str, int]) -> Iterator[dict[str, str]]:
-    """Sample each named process (name -> pid) while the block runs; yields {name: file}.
+def recording(out_dir: Path | None, pids: Mapping[str, int]) -> Iterator[None]:
+    """Sample each named process (name -> pid) into ``out_dir/<name>.txt`` while the block runs.
 
     Each sampler has started before the block begins (py-spy says so once attached), and each
     is stopped with SIGINT when the block ends, which makes py-spy write its file; a sampler
     that outlives its bound is killed. With no ``out_dir`` nothing is sampled.
     """
     if out_dir is None:
-        yield {}
+        yield
         return
     py_spy = find_binary("py-spy", "pip install -e '.[bench]'")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {name: str(out_dir / f"{name}.txt") for name in pids}
-    samplers: list[subprocess.Popen[str]] = []
+    samplers: list[subprocess.Popen[bytes]] = []
     try:
         for name, pid in pids.items():
             argv = [py_spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ)]
-            argv += ["--format", "raw", "--nonblocking", "--output", files[name]]
+            argv += ["--format", "raw", "--nonblocking", "--output", str(out_dir / f"{name}.txt")]
             sampler = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             samplers.append(sampler)
             _wait_attached(sampler)
-        yield files
+        yield
     finally:
         for sampler in samplers:
             sampler.send_signal(signal.SIGINT)
@@ -82,19 +79,22 @@ def recording(out_dir: Path | None, pids: Mapping[str, int]) -> Iterator[dict[st
                 sampler.wait(timeout=5)
 
 
-def _wait_attached(sampler: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
-    """Until py-spy says it samples (bounded); py-spy that exits first is an error."""
+def _wait_attached(sampler: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """Until py-spy says it samples (bounded: a read waits at most until the deadline); a
+    py-spy that exits first is an error, with what it said."""
     assert sampler.stdout is not None
+    fd = sampler.stdout.fileno()
     deadline = time.monotonic() + timeout_s
-    seen = []
-    while time.monotonic() < deadline:
-        line = sampler.stdout.readline()
-        if not line:
-            raise RuntimeError(f"py-spy exited before sampling: {''.join(seen)[-2000:]}")
-        if "Sampling process" in line:
-            return
-        seen.append(line)
-    raise TimeoutError(f"py-spy did not start sampling within {timeout_s} s")
+    said = b""
+    while b"Sampling process" not in said:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"py-spy did not start sampling within {timeout_s} s")
+        if select.select([fd], [], [], remaining)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"py-spy exited before sampling: {said.decode()[-2000:]}")
+            said += chunk
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ side has it).
 `--same-history` has the small side's replica first take `large - small` submits, which are
 then purged from the work-queue stream: both replicas have taken the same submits and the
 journal holds the same records, and only the queued backlog differs. Without it the large
-side's replica alone has a long history behind it, and that history costs CPU per task (see
-docs/benchmarks.md, P4).
+side alone keeps 100k records in the journal, and those records, not the queue's depth, are
+what costs nats-server and the replica more per task (see docs/benchmarks.md, P4).
 
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 1000 --sync 1s
     python benchmarks/backlog.py --small 1000 --large 100000 --measure 5000 --hold --sync 1s
