@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -152,12 +153,22 @@ def test_profile_diff_compares_each_functions_share(tmp_path: Path) -> None:
     ]
 
 
-def _py_spy() -> str | None:
+def _py_spy_samples() -> bool:
+    """Whether py-spy is installed and may read another process (root, or ptrace allowed)."""
     local = Path(sys.executable).parent / "py-spy"
-    return str(local) if local.exists() else shutil.which("py-spy")
+    py_spy = str(local) if local.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return False
+    argv = [py_spy, "dump", "--nonblocking", "--pid", str(os.getpid())]
+    return subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
 
 
-@pytest.mark.skipif(_py_spy() is None, reason="py-spy not installed: pip install -e '.[bench]'")
+needs_py_spy = pytest.mark.skipif(
+    not _py_spy_samples(), reason="py-spy not installed (pip install -e '.[dev]') or not allowed"
+)
+
+
+@needs_py_spy
 def test_e2e_profile_samples_each_hub_process(tmp_path: Path) -> None:
     """`--profile` leaves one py-spy file per process, and the replica's holds samples of the
     hub's own code taken while the tasks ran."""
@@ -169,7 +180,7 @@ def test_e2e_profile_samples_each_hub_process(tmp_path: Path) -> None:
     assert "hub/pool.py" in replica
 
 
-@pytest.mark.skipif(_py_spy() is None, reason="py-spy not installed: pip install -e '.[bench]'")
+@needs_py_spy
 def test_backlog_profile_samples_each_side(tmp_path: Path) -> None:
     argv = ["backlog.py", "--small", "20", "--large", "60", "--measure", "40", "--hold"]
     result = run_bench([*argv, "--profile", str(tmp_path)])
