@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json
+from _common import emit_json, note
 from _profile import compare, parse
 
 
@@ -35,12 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     changes = compare(before, after, inclusive=args.inclusive)
     shown = changes if len(changes) <= 2 * args.top else changes[: args.top] + changes[-args.top :]
     kind = "inclusive" if args.inclusive else "self"
-    print(
-        f"{kind} share of samples: {before.samples} before, {after.samples} after", file=sys.stderr
-    )
-    print(f"{'before':>7} {'after':>7} {'change':>7}  function", file=sys.stderr)
+    note(f"{kind} share of samples: {before.samples} before, {after.samples} after")
+    note(f"{'before':>7} {'after':>7} {'change':>7}  function")
     for c in shown:
-        print(f"{c.before:7.2%} {c.after:7.2%} {c.delta:+7.2%}  {c.function}", file=sys.stderr)
+        note(f"{c.before:7.2%} {c.after:7.2%} {c.delta:+7.2%}  {c.function}")
     emit_json(
         {
             "bench": "profile_diff",
