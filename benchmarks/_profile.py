@@ -8,13 +8,21 @@ and `profile_diff.py` compares two such files function by function.
 
 A profile is py-spy's raw (collapsed) format: one line per distinct stack,
 `outer (file:line);...;leaf (file:line) COUNT`.
+
+`--cprofile DIR` counts instead of sampling: the replicas and nodes run as `python -m
+_cprofiled`, cProfile runs on their event-loop thread over the window (`counting`), and
+`DIR/.../<name>.prof` holds every call with `window.json` beside it (the tasks in the window),
+so `profile_diff.py` can put two windows side by side per task. cProfile about doubles the
+Python time of what it profiles: compare calls exactly, and times only with each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import pstats
 import re
 import select
 import signal
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import find_binary
+from _cprofiled import CPROFILE_ENV
 
 RATE_HZ = 250
 """Samples per second: enough for a few thousand samples over a measured window of seconds,
@@ -42,6 +51,64 @@ def add_profile_flag(p: argparse.ArgumentParser) -> None:
         help="sample each hub process with py-spy over the measured window, one file each in DIR"
         " (compare two with profile_diff.py)",
     )
+    p.add_argument(
+        "--cprofile",
+        type=Path,
+        metavar="DIR",
+        help="count every call of the replicas and nodes with cProfile over the measured window"
+        " (per task; about doubles their Python time), one .prof each in DIR",
+    )
+
+
+def hub_module(cprofile_dir: Path | None) -> str:
+    """What the rig runs as the hub command: `_cprofiled` when counting (its profiles go to
+    ``cprofile_dir/raw`` until a window's end names them)."""
+    if cprofile_dir is None:
+        return "hub"
+    raw = cprofile_dir.resolve() / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    os.environ[CPROFILE_ENV] = str(raw)
+    return "_cprofiled"
+
+
+@dataclass
+class Window:
+    """What a counted window held, filled in by the benchmark before the window closes."""
+
+    tasks: int = 0
+
+
+@contextlib.contextmanager
+def counting(out_dir: Path | None, pids: Mapping[str, int]) -> Iterator[Window]:
+    """Count the calls of each named `_cprofiled` process while the block runs, into
+    ``out_dir/<name>.prof``, and the window's tasks into ``out_dir/window.json``.
+
+    Only processes started with ``hub_module(dir)`` answer the signals; each one's file is
+    waited for (bounded), since a process writes it when its loop next runs Python.
+    """
+    window = Window()
+    if out_dir is None:
+        yield window
+        return
+    raw = Path(os.environ[CPROFILE_ENV])
+    for pid in pids.values():
+        (raw / f"{pid}.prof").unlink(missing_ok=True)
+        os.kill(pid, signal.SIGUSR1)
+    try:
+        yield window
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 30
+    for name, pid in pids.items():
+        written = raw / f"{pid}.prof"
+        while not written.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} (pid {pid}) wrote no profile within 30 s")
+            time.sleep(0.05)
+        written.replace(out_dir / f"{name}.prof")
+    (out_dir / "window.json").write_text(json.dumps({"tasks": window.tasks}))
 
 
 @contextlib.contextmanager
@@ -153,5 +220,65 @@ def compare(before: Profile, after: Profile, *, inclusive: bool = False) -> list
     changes = [
         Change(f, before.share(f, inclusive=inclusive), after.share(f, inclusive=inclusive))
         for f in functions
+    ]
+    return sorted(changes, key=lambda c: (-c.delta, c.function))
+
+
+@dataclass(frozen=True)
+class Calls:
+    """A counted window: per function, its calls and own (self) seconds, and the window's
+    tasks (from ``window.json`` beside the file)."""
+
+    tasks: int
+    calls: dict[str, int]
+    own_s: dict[str, float]
+
+    def per_task(self, function: str) -> tuple[float, float]:
+        """(calls, own µs) per task."""
+        n = max(self.tasks, 1)
+        return self.calls.get(function, 0) / n, self.own_s.get(function, 0.0) * 1e6 / n
+
+
+_INSTALLED = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
+_PROJECT = re.compile(r"^.*/(hub|benchmarks)/")
+
+
+def _where(path: str) -> str:
+    """A file as the project names it (`hub/pool.py`, `nats/aio/client.py`), not where it is."""
+    shorter = _INSTALLED.sub("", path)
+    return shorter if shorter != path else _PROJECT.sub(r"\1/", path)
+
+
+def load_calls(path: Path) -> Calls:
+    """A ``.prof`` written by ``counting``; a function is `name (file:line)`: cProfile keeps
+    no class names, and the line tells apart two lambdas of one file."""
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    calls: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for (file, line, name), (_, ncalls, own_s, _, _) in stats.items():
+        function = f"{name} ({_where(file)}:{line})" if line else name
+        calls[function] += ncalls
+        own[function] += own_s
+    window = path.parent / "window.json"
+    tasks = json.loads(window.read_text())["tasks"] if window.exists() else 0
+    return Calls(tasks, dict(calls), dict(own))
+
+
+@dataclass(frozen=True)
+class CallChange:
+    function: str
+    calls: tuple[float, float]  # per task, before and after
+    own_us: tuple[float, float]
+
+    @property
+    def delta(self) -> float:
+        return self.own_us[1] - self.own_us[0]
+
+
+def compare_calls(before: Calls, after: Calls) -> list[CallChange]:
+    """Every function per task in both windows, the largest growth of own time first."""
+    changes = [
+        CallChange(f, *zip(before.per_task(f), after.per_task(f), strict=True))
+        for f in set(before.calls) | set(after.calls)
     ]
     return sorted(changes, key=lambda c: (-c.delta, c.function))

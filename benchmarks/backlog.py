@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
 from _common import CpuMeter, add_rep_flags, note
 from _hub import HubRig, emit_reps, run_reps
-from _profile import add_profile_flag, recording
+from _profile import add_profile_flag, counting, hub_module, recording
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 
@@ -98,10 +98,16 @@ async def drain_rate(
     ballast: int = 0,
     history: int = 0,
     profile_dir: Path | None = None,
+    count_dir: Path | None = None,
 ) -> tuple[float, float, float]:
     """(tasks/s over `measure` tasks, replica and nats-server CPU us per task)."""
     rig = HubRig(
-        nodes=args.nodes, slots=args.slots, sync=args.sync, start_nodes=False, loop=args.loop
+        nodes=args.nodes,
+        slots=args.slots,
+        sync=args.sync,
+        start_nodes=False,
+        loop=args.loop,
+        module=hub_module(args.cprofile),
     )
     async with rig, await nats.connect(rig.nats.url) as nc:
         client = rig.clients[0]
@@ -130,8 +136,13 @@ async def drain_rate(
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         await settle(meter)
         # the nodes start inside the window: the replica and this process are what is sampled
-        with recording(profile_dir, rig.named_pids(os.getpid())):
+        replicas = {f"replica{i}": pid for i, pid in enumerate(rig.replica_pids)}
+        with (
+            recording(profile_dir, rig.named_pids(os.getpid())),
+            counting(count_dir, replicas) as window,
+        ):
             finished, elapsed, cpu = await run_window(args, rig, queue, left, meter, backlog)
+            window.tasks = finished
         per_task = {k: v * 1e6 / finished for k, v in cpu.items()}
         return finished / elapsed, per_task["replicas"], per_task["nats_server"]
 
@@ -241,8 +252,8 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
 async def run_rep(args: argparse.Namespace, rep: int, *, large_first: bool) -> dict[str, float]:
     history = args.large - args.small if args.same_history else 0
 
-    def profile_dir(side: str) -> Path | None:
-        return args.profile / f"rep{rep}-{side}" if args.profile else None
+    def under(root: Path | None, side: str) -> Path | None:
+        return root / f"rep{rep}-{side}" if root else None
 
     sides = {
         "small": lambda: drain_rate(
@@ -250,9 +261,15 @@ async def run_rep(args: argparse.Namespace, rep: int, *, large_first: bool) -> d
             args.small,
             ballast=args.ballast,
             history=history,
-            profile_dir=profile_dir("small"),
+            profile_dir=under(args.profile, "small"),
+            count_dir=under(args.cprofile, "small"),
         ),
-        "large": lambda: drain_rate(args, args.large, profile_dir=profile_dir("large")),
+        "large": lambda: drain_rate(
+            args,
+            args.large,
+            profile_dir=under(args.profile, "large"),
+            count_dir=under(args.cprofile, "large"),
+        ),
     }
     order = ("large", "small") if large_first else ("small", "large")
     runs = {side: await sides[side]() for side in order}
@@ -284,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "ballast": args.ballast,
         "same_history": args.same_history,
         "profile": str(args.profile) if args.profile else None,
+        "cprofile": str(args.cprofile) if args.cprofile else None,
     }
     emit_reps(
         "backlog",

@@ -42,7 +42,7 @@ from _common import (
     task_params,
 )
 from _hub import HubRig, hub_params
-from _profile import add_profile_flag, recording
+from _profile import add_profile_flag, counting, hub_module, recording
 
 from hub.client import Client
 
@@ -100,15 +100,27 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     slots = args.slots or max(4, math.ceil(args.inflight / args.nodes))
     payload = b"x" * args.payload_bytes
     async with HubRig(
-        replicas=args.replicas, nodes=args.nodes, slots=slots, sync=args.sync, loop=args.loop
+        replicas=args.replicas,
+        nodes=args.nodes,
+        slots=slots,
+        sync=args.sync,
+        loop=args.loop,
+        module=hub_module(args.cprofile),
     ) as rig:
         if args.warmup:
             await asyncio.wait_for(
                 drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout
             )
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
-        profile_dir = args.profile / f"rep{rep + 1}" if args.profile else None
-        with recording(profile_dir, rig.named_pids(os.getpid())):
+        named = rig.named_pids(os.getpid())
+        hub_processes = {name: pid for name, pid in named.items() if name != "agent"}
+        with (
+            recording(args.profile / f"rep{rep + 1}" if args.profile else None, named),
+            counting(
+                args.cprofile / f"rep{rep + 1}" if args.cprofile else None, hub_processes
+            ) as window,
+        ):
+            window.tasks = args.tasks
             meter.start()
             t0 = time.perf_counter()
             with progress(args.tasks, f"e2e rep {rep + 1}/{args.reps}") as bar:
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         **hub_params(),
         "nats_server": nats_server_version(),
         "profile": str(args.profile) if args.profile else None,
+        "cprofile": str(args.cprofile) if args.cprofile else None,
     }
     emit_json(summarize("e2e", params, reps))
 

@@ -6,6 +6,7 @@ The benchmarks are run rarely and by hand, so they rot silently; this keeps thei
 
 from __future__ import annotations
 
+import cProfile
 import importlib.util
 import json
 import os
@@ -190,6 +191,67 @@ def test_backlog_profile_samples_each_side(tmp_path: Path) -> None:
             "agent.txt",
             "replica0.txt",
         ]
+
+
+def _counted(out_dir: Path, tasks: int, steps_per_task: int) -> Path:
+    """A real cProfile count of ``tasks`` tasks of ``steps_per_task`` calls each, laid out as
+    `--cprofile` leaves one."""
+
+    def step() -> None:
+        return None
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(tasks * steps_per_task):
+        step()
+    profile.disable()
+    out_dir.mkdir()
+    profile.dump_stats(out_dir / "replica0.prof")
+    (out_dir / "window.json").write_text(json.dumps({"tasks": tasks}))
+    return out_dir / "replica0.prof"
+
+
+def test_profile_diff_compares_calls_per_task(tmp_path: Path) -> None:
+    """Two counted windows side by side per task, whatever their task counts."""
+    before = _counted(tmp_path / "before", tasks=10, steps_per_task=2)
+    after = _counted(tmp_path / "after", tasks=20, steps_per_task=3)
+    result = run_bench(["profile_diff.py", str(before), str(after)])
+    assert result["per"] == "task"
+    assert result["tasks"] == [10, 20]
+    [step] = [r for r in result["rows"] if r["function"].startswith("step (")]
+    assert step["calls"] == [2.0, 3.0]
+
+
+def _calls_per_task(prof: Path, function: str) -> float:
+    """Calls per task of one hub function in a counted window, read through profile_diff."""
+    rows = run_bench(["profile_diff.py", str(prof), str(prof), "--top", "1000"])["rows"]
+    return sum(r["calls"][0] for r in rows if r["function"].startswith(function))
+
+
+def test_e2e_counts_the_calls_of_each_hub_process(tmp_path: Path) -> None:
+    """`--cprofile` leaves one count per replica and node, over the tasks of the window: every
+    task was claimed by the replica (a coroutine counts its call and each resume) and started
+    by a node."""
+    result = run_bench(["e2e.py", *TINY, "--tasks", "100", "--cprofile", str(tmp_path)])
+    assert result["cprofile"] == str(tmp_path)
+    rep = tmp_path / "rep1"
+    files = sorted(p.name for p in rep.iterdir())
+    assert files == ["node0.prof", "node1.prof", "replica0.prof", "window.json"]
+    assert json.loads((rep / "window.json").read_text()) == {"tasks": 100}
+    assert _calls_per_task(rep / "replica0.prof", "claim (hub/pool.py:") >= 1.0
+    started = [_calls_per_task(rep / f"node{i}.prof", "_start (hub/node.py:") for i in (0, 1)]
+    assert sum(started) == pytest.approx(1.0)
+
+
+def test_backlog_counts_each_side(tmp_path: Path) -> None:
+    argv = ["backlog.py", "--small", "20", "--large", "60", "--measure", "40", "--hold"]
+    result = run_bench([*argv, "--cprofile", str(tmp_path)])
+    assert result["cprofile"] == str(tmp_path)
+    for side in ("small", "large"):
+        counted = tmp_path / f"rep1-{side}"
+        assert sorted(p.name for p in counted.iterdir()) == ["replica0.prof", "window.json"]
+        assert json.loads((counted / "window.json").read_text())["tasks"] >= 40
+        assert _calls_per_task(counted / "replica0.prof", "claim (hub/pool.py:") > 0
 
 
 def test_floors_ends_with_a_json_result() -> None:
