@@ -238,6 +238,11 @@ class Calls:
         n = max(self.tasks, 1)
         return self.calls.get(function, 0) / n, self.own_s.get(function, 0.0) * 1e6 / n
 
+    @property
+    def own_us_per_task(self) -> float:
+        """Every function's own time together, per task."""
+        return sum(self.own_s.values()) * 1e6 / max(self.tasks, 1)
+
 
 _INSTALLED = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
 _PROJECT = re.compile(r"^.*/(hub|benchmarks)/")
@@ -277,8 +282,8 @@ class CallChange:
 
 def compare_calls(before: Calls, after: Calls) -> list[CallChange]:
     """Every function per task in both windows, the largest growth of own time first."""
-    changes = [
-        CallChange(f, *zip(before.per_task(f), after.per_task(f), strict=True))
-        for f in set(before.calls) | set(after.calls)
-    ]
+    changes = []
+    for f in set(before.calls) | set(after.calls):
+        (calls_before, us_before), (calls_after, us_after) = before.per_task(f), after.per_task(f)
+        changes.append(CallChange(f, (calls_before, calls_after), (us_before, us_after)))
     return sorted(changes, key=lambda c: (-c.delta, c.function))

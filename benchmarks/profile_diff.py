@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--inclusive", action="store_true", help="a function's whole stack below it (py-spy)"
     )
     p.add_argument("--top", type=int, default=20, help="rows of growth, and of shrink")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.before.suffix == ".prof") != (args.after.suffix == ".prof"):
+        p.error("compare two cProfile counts (.prof) or two py-spy profiles, not one of each")
+    return args
 
 
 def _shown(rows: list[_Row], top: int) -> list[_Row]:
@@ -61,10 +64,7 @@ def calls_per_task(args: argparse.Namespace) -> None:
             "bench": "profile_diff",
             "per": "task",
             "tasks": [before.tasks, after.tasks],
-            "own_us": [
-                round(sum(before.own_s.values()) * 1e6 / max(before.tasks, 1), 1),
-                round(sum(after.own_s.values()) * 1e6 / max(after.tasks, 1), 1),
-            ],
+            "own_us": [round(before.own_us_per_task, 1), round(after.own_us_per_task, 1)],
             "rows": [
                 {
                     "function": c.function,
@@ -79,7 +79,7 @@ def calls_per_task(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.before.suffix == ".prof" or args.after.suffix == ".prof":
+    if args.before.suffix == ".prof":
         calls_per_task(args)
         return
     before, after = parse(args.before.read_text()), parse(args.after.read_text())

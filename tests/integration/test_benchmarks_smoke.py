@@ -220,6 +220,14 @@ def test_profile_diff_compares_calls_per_task(tmp_path: Path) -> None:
     assert result["tasks"] == [10, 20]
     [step] = [r for r in result["rows"] if r["function"].startswith("step (")]
     assert step["calls"] == [2.0, 3.0]
+    mixed = subprocess.run(
+        [sys.executable, "profile_diff.py", str(before), str(tmp_path / "py-spy.txt")],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert mixed.returncode == 2 and "not one of each" in mixed.stderr
 
 
 def _calls_per_task(prof: Path, function: str) -> float:
