@@ -92,12 +92,14 @@ class HubRig:
             "nats_server": [self.nats_pid],
         }
 
+    def hub_pids(self) -> dict[str, int]:
+        """Each replica and node by name (replica0, node0, ...), for ``_profile.counting``."""
+        named = {f"replica{i}": pid for i, pid in enumerate(self.replica_pids)}
+        return named | {f"node{i}": pid for i, pid in enumerate(self.node_pids)}
+
     def named_pids(self, agent_pid: int) -> dict[str, int]:
-        """Each hub process by name (agent, replica0, node0, ...), for ``_profile.recording``."""
-        named = {"agent": agent_pid}
-        named |= {f"replica{i}": pid for i, pid in enumerate(self.replica_pids)}
-        named |= {f"node{i}": pid for i, pid in enumerate(self.node_pids)}
-        return named
+        """The hub's processes and the agent, for ``_profile.recording``."""
+        return {"agent": agent_pid} | self.hub_pids()
 
     async def start(self) -> None:
         await self.nats.start()

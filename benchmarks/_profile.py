@@ -60,6 +60,19 @@ def add_profile_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def under(root: Path | None, window: str) -> Path | None:
+    """Where one window's profiles go: ``root/window``, or nowhere without the flag."""
+    return root / window if root else None
+
+
+def profile_params(args: argparse.Namespace) -> dict[str, str | None]:
+    """The profile flags as a benchmark's result line names them."""
+    return {
+        "profile": str(args.profile) if args.profile else None,
+        "cprofile": str(args.cprofile) if args.cprofile else None,
+    }
+
+
 def hub_module(cprofile_dir: Path | None) -> str:
     """What the rig runs as the hub command: `_cprofiled` when counting (its profiles go to
     ``cprofile_dir/raw`` until a window's end names them)."""

@@ -36,6 +36,8 @@ what costs nats-server and the replica more per task (see docs/benchmarks.md, P4
 `--profile DIR` samples the replica (and this process, the agent) with py-spy over each side's
 measured window: `DIR/rep1-small/replica0.txt` against `DIR/rep1-large/replica0.txt` with
 `profile_diff.py` shows what the large backlog costs the replica, function by function.
+`--cprofile DIR` counts the replica's calls over the same window instead (`replica0.prof`),
+which `profile_diff.py` puts side by side per task.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
 from _common import CpuMeter, add_rep_flags, note
 from _hub import HubRig, emit_reps, run_reps
-from _profile import add_profile_flag, counting, hub_module, recording
+from _profile import add_profile_flag, counting, hub_module, profile_params, recording, under
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 
@@ -136,10 +138,9 @@ async def drain_rate(
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
         await settle(meter)
         # the nodes start inside the window: the replica and this process are what is sampled
-        replicas = {f"replica{i}": pid for i, pid in enumerate(rig.replica_pids)}
         with (
             recording(profile_dir, rig.named_pids(os.getpid())),
-            counting(count_dir, replicas) as window,
+            counting(count_dir, rig.hub_pids()) as window,
         ):
             finished, elapsed, cpu = await run_window(args, rig, queue, left, meter, backlog)
             window.tasks = finished
@@ -252,23 +253,20 @@ async def settle(meter: CpuMeter, *, idle_share: float = 0.05, limit_s: float = 
 async def run_rep(args: argparse.Namespace, rep: int, *, large_first: bool) -> dict[str, float]:
     history = args.large - args.small if args.same_history else 0
 
-    def under(root: Path | None, side: str) -> Path | None:
-        return root / f"rep{rep}-{side}" if root else None
-
     sides = {
         "small": lambda: drain_rate(
             args,
             args.small,
             ballast=args.ballast,
             history=history,
-            profile_dir=under(args.profile, "small"),
-            count_dir=under(args.cprofile, "small"),
+            profile_dir=under(args.profile, f"rep{rep}-small"),
+            count_dir=under(args.cprofile, f"rep{rep}-small"),
         ),
         "large": lambda: drain_rate(
             args,
             args.large,
-            profile_dir=under(args.profile, "large"),
-            count_dir=under(args.cprofile, "large"),
+            profile_dir=under(args.profile, f"rep{rep}-large"),
+            count_dir=under(args.cprofile, f"rep{rep}-large"),
         ),
     }
     order = ("large", "small") if large_first else ("small", "large")
@@ -300,8 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         "hold": args.hold,
         "ballast": args.ballast,
         "same_history": args.same_history,
-        "profile": str(args.profile) if args.profile else None,
-        "cprofile": str(args.cprofile) if args.cprofile else None,
+        **profile_params(args),
     }
     emit_reps(
         "backlog",

@@ -12,7 +12,8 @@ kind (agent, replicas, nodes, nats-server) from /proc; every process is stopped 
     python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 1 --profile prof/k64
 
 `--profile DIR` samples the agent, each replica and each node with py-spy over the measured
-tasks (`DIR/rep1/replica0.txt`, ...; see `_profile.py`).
+tasks (`DIR/rep1/replica0.txt`, ...; see `_profile.py`); `--cprofile DIR` counts every call of
+each replica and node over the same tasks (`DIR/rep1/replica0.prof`, ...).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from _common import (
     task_params,
 )
 from _hub import HubRig, hub_params
-from _profile import add_profile_flag, counting, hub_module, recording
+from _profile import add_profile_flag, counting, hub_module, profile_params, recording, under
 
 from hub.client import Client
 
@@ -112,13 +113,9 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
                 drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout
             )
         meter = CpuMeter(rig.cpu_groups(os.getpid()))
-        named = rig.named_pids(os.getpid())
-        hub_processes = {name: pid for name, pid in named.items() if name != "agent"}
         with (
-            recording(args.profile / f"rep{rep + 1}" if args.profile else None, named),
-            counting(
-                args.cprofile / f"rep{rep + 1}" if args.cprofile else None, hub_processes
-            ) as window,
+            recording(under(args.profile, f"rep{rep + 1}"), rig.named_pids(os.getpid())),
+            counting(under(args.cprofile, f"rep{rep + 1}"), rig.hub_pids()) as window,
         ):
             window.tasks = args.tasks
             meter.start()
@@ -143,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "loop": loop_name,
         **hub_params(),
         "nats_server": nats_server_version(),
-        "profile": str(args.profile) if args.profile else None,
-        "cprofile": str(args.cprofile) if args.cprofile else None,
+        **profile_params(args),
     }
     emit_json(summarize("e2e", params, reps))
 
