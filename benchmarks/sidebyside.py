@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks_per_s": tps,
                 "p50_ms": series(i, "p50_ms"),
                 "p99_ms": series(i, "p99_ms"),
+                "max_ms": series(i, "max_ms"),
                 "cpu_us_per_task": series(i, "cpu_us_per_task"),
                 "median_tasks_per_s": round(median([x for x in tps if x is not None]), 1),
                 "ratio_per_round": per_round,

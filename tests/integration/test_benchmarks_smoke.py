@@ -49,7 +49,7 @@ def test_raw_nats_ends_with_a_json_result(style: str) -> None:
     assert result["style"] == style
     assert result["tasks_per_s"] > 0
     assert result["p50_ms"] > 0
-    assert result["p99_ms"] >= result["p50_ms"]
+    assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"]
     assert set(result["cpu_us_per_task"]) == {"producer", "workers", "nats_server"}
     assert len(result["raw"]["tasks_per_s"]) == 1
 
@@ -90,7 +90,7 @@ def test_e2e_ends_with_a_json_result() -> None:
     assert result["bench"] == "e2e"
     assert result["sync"] == "1s"
     assert result["tasks_per_s"] > 0
-    assert result["p99_ms"] >= result["p50_ms"] > 0
+    assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"agent", "replicas", "nodes", "nats_server"}
 
 
@@ -283,7 +283,7 @@ def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     assert result["bench"] == "bare_path"
     assert result["loop"] == loop
     assert result["tasks_per_s"] > 0
-    assert result["p99_ms"] >= result["p50_ms"] > 0
+    assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}
 
 
