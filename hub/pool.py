@@ -41,6 +41,10 @@ ROUTE_REFRESH_S = 5.0
 #: Every priority is pulled at least this often, rung or not: redeliveries (lease expiry, a
 #: delayed nak) and another replica's hand-backs ring no doorbell.
 RESCAN_S = 0.5
+#: A rung route whose pull came back empty is pulled once more after this long: a doorbell (or
+#: a nak) can reach the replica before its task is visible to the consumer, so that pull can
+#: find nothing, and the task would then wait for the rescan.
+RECHECK_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +99,12 @@ class Pool:
         # Per priority, the routes that may hold work this replica has not pulled: rung by the
         # doorbell or a hand-back (None: every route, after a rescan or an unreadable bell).
         # A route is cleared when its pull came back short of its batch; the ring count guards
-        # against a bell that rings while the pull is in flight.
+        # against a bell that rings while the pull is in flight. A rung route whose pull came
+        # back empty is pulled again once (RECHECK_S): _rechecked holds those spent since their
+        # last ring.
         self._dirty: dict[Priority, set[Route | None]] = {p: {None} for p in Priority}
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._rechecked: set[tuple[Priority, Route]] = set()
         self._scanned_at = 0.0
 
     async def start(self) -> None:
@@ -117,9 +124,24 @@ class Pool:
             self._mark(priority, route)
         self.bell.set()
 
-    def _mark(self, priority: Priority, route: Route | None) -> None:
+    def _mark(self, priority: Priority, route: Route) -> None:
+        """A route may hold work (a ring, a hand-back): pull it next round, and once more if
+        that pull comes back empty."""
+        self._rechecked.discard((priority, route))
         self._dirty[priority].add(route)
         self._rings[priority] += 1
+
+    def _recheck(self, priority: Priority, route: Route) -> None:
+        """A rung route came back empty: pull it once more, soon (see RECHECK_S)."""
+        if (priority, route) not in self._rechecked:
+            self._rechecked.add((priority, route))
+            asyncio.get_running_loop().call_later(RECHECK_S, self._ring_again, priority, route)
+
+    def _ring_again(self, priority: Priority, route: Route) -> None:
+        # Not through _mark: that would allow this route another recheck, and so on forever.
+        self._dirty[priority].add(route)
+        self._rings[priority] += 1
+        self.bell.set()
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -208,9 +230,12 @@ class Pool:
                     continue
                 name = await self.topology.ensure_consumer(priority, route)
                 batch = sum(free[t.node] for t in eligible)
+                rung = route in dirty
                 pulled = await self.queue.pull(name, batch)
                 if len(pulled) < batch:
                     drained.add(route)
+                if rung and not pulled:
+                    self._recheck(priority, route)
                 for delivery in pulled:
                     taker = max(eligible, key=lambda t: free[t.node])
                     free[taker.node] -= 1

@@ -1,5 +1,5 @@
 """The work pool against a real nats-server: priorities, leases, fencing, the DLQ, idempotent
-submit, concurrent takers, the task TTL, routing, first-result-wins and bad input."""
+submit, concurrent takers, the doorbell, the task TTL, routing, first-result-wins and bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 
 import pytest
 from hubtest import Core, eventually, take_all, take_one
+from nats.aio.msg import Msg
 
+from hub import pool as pool_module
 from hub.errors import (
     AlreadyFinished,
     HubError,
@@ -375,6 +377,63 @@ async def test_two_takers_never_get_the_same_task(hub_core: Core, make_core) -> 
     assert len(a) == len(got["a"]) and len(b) == len(got["b"])
     assert a | b == set(ids)
     assert a and b  # both really took part
+
+
+# -- the doorbell ---------------------------------------------------------------------------
+
+
+async def _rung(core: Core) -> None:
+    """Wait (bounded) until the replica's doorbell has rung, then clear it."""
+
+    async def probe() -> bool:
+        return core.pool.bell.is_set()
+
+    await eventually(probe, timeout_s=5, interval_s=0.01)
+    core.pool.bell.clear()
+
+
+async def test_a_rung_route_that_came_back_empty_is_pulled_once_more(
+    hub_core: Core, make_core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A doorbell can reach a replica before its task is visible to the consumer, and the pull
+    it starts then finds nothing. Here another replica holds the task while the pull runs and
+    hands it back with no doorbell: only the second look finds it (not the rescan)."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
+    monkeypatch.setattr(pool_module, "RECHECK_S", 0.3)  # room to hand the task back before it
+    other = await make_core()
+    assert await other.pool.take("b") == []  # its first round's full rescan, done
+    await submit(hub_core, "t1")
+    await _rung(other)
+    grant = await take_one(hub_core.pool, "a", timeout_s=5)
+    assert await other.pool.take("b") == []  # rung, but the task is out
+    await hub_core.pool.release("t1", grant.record.attempt, reason="drain", counts=False)
+    again = await take_one(other.pool, "b", timeout_s=5)
+    assert again.record.id == "t1" and again.record.node == "b"
+
+
+async def test_a_lone_ring_costs_two_pulls_not_a_pull_every_recheck(
+    hub_core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
+    pulls: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        pulls.append(msg.subject)
+
+    spy = await hub_core.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=note)
+    assert await hub_core.pool.take("n1") == []  # the first round's full rescan
+    await hub_core.nc.flush()
+    pulls.clear()
+    await hub_core.nc.publish("hub.bell.normal.any", b"")  # a ring with nothing behind it
+    await _rung(hub_core)
+    for _ in range(10):  # bounded: 10 rounds over about 10 rechecks' time
+        assert await hub_core.pool.take("n1") == []
+        await asyncio.sleep(pool_module.RECHECK_S * 5)
+    await hub_core.nc.flush()
+    await spy.unsubscribe()
+    name = subjects.ConsumerName(Priority.NORMAL, Route())
+    # the ring's pull and one recheck, both of the rung route
+    assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{name.stream}.{name.durable}"] * 2
 
 
 # -- task TTL -------------------------------------------------------------------------------
