@@ -399,7 +399,7 @@ async def test_a_rung_route_that_came_back_empty_is_pulled_once_more(
     it starts then finds nothing. Here another replica holds the task while the pull runs and
     hands it back with no doorbell: only the second look finds it (not the rescan)."""
     monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
-    monkeypatch.setattr(pool_module, "RECHECK_S", 0.3)  # room to hand the task back before it
+    monkeypatch.setattr(pool_module, "RECHECK_S", 1.0)  # room to hand the task back before it
     other = await make_core()
     assert await other.pool.take("b") == []  # its first round's full rescan, done
     await submit(hub_core, "t1")
