@@ -101,7 +101,7 @@ class Pool:
         # A route is cleared when its pull came back short of its batch; the ring count guards
         # against a bell that rings while the pull is in flight. A rung route whose pull came
         # back empty is pulled again once (RECHECK_S): _rechecked holds those spent since their
-        # last ring.
+        # last ring or the last rescan.
         self._dirty: dict[Priority, set[Route | None]] = {p: {None} for p in Priority}
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._rechecked: set[tuple[Priority, Route]] = set()
@@ -205,6 +205,7 @@ class Pool:
         now = time.monotonic()
         if now - self._scanned_at >= RESCAN_S:
             self._scanned_at = now
+            self._rechecked.clear()  # (routes of nodes long gone are never rung again)
             for dirty in self._dirty.values():
                 dirty.add(None)
         for priority in self.scheduler.order():
