@@ -138,9 +138,8 @@ class Pool:
             asyncio.get_running_loop().call_later(RECHECK_S, self._ring_again, priority, route)
 
     def _ring_again(self, priority: Priority, route: Route) -> None:
-        # Not through _mark: that would allow this route another recheck, and so on forever.
-        self._dirty[priority].add(route)
-        self._rings[priority] += 1
+        self._mark(priority, route)
+        self._rechecked.add((priority, route))  # still spent: an empty pull now is the last
         self.bell.set()
 
     # -- submit -----------------------------------------------------------------------------
