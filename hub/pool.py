@@ -37,6 +37,7 @@ __all__ = ("Counts", "Grant", "Pool", "Taker")
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
+#: How often the capability routes are listed from the streams' consumers (see _learn_routes).
 ROUTE_REFRESH_S = 5.0
 #: Every priority is pulled at least this often, rung or not: redeliveries (lease expiry, a
 #: delayed nak) and another replica's hand-backs ring no doorbell.
@@ -95,6 +96,7 @@ class Pool:
         self.bell = asyncio.Event()
         self._cap_routes: dict[Priority, set[frozenset[str]]] = {p: set() for p in Priority}
         self._routes_at = 0.0
+        self._learning: asyncio.Task[None] | None = None
         self._bell_sub: object | None = None
         # Per priority, the routes that may hold work this replica has not pulled: rung by the
         # doorbell or a hand-back (None: every route, after a rescan or an unreadable bell).
@@ -181,17 +183,30 @@ class Pool:
 
     # -- offer and claim --------------------------------------------------------------------
 
-    async def _routes(self, priority: Priority, takers: Sequence[Taker]) -> list[Route]:
-        now = time.monotonic()
-        if now - self._routes_at > ROUTE_REFRESH_S:
-            self._routes_at = now
-            for p in Priority:
-                for route in await self.topology.routes(p):
-                    if route.capabilities:
-                        self._cap_routes[p].add(route.capabilities)
+    def _routes(self, priority: Priority, takers: Sequence[Taker]) -> list[Route]:
         routes = [Route(node=t.node) for t in takers]
         routes += [Route(capabilities=c) for c in sorted(self._cap_routes[priority], key=sorted)]
         return [*routes, Route()]
+
+    async def _learn_routes(self) -> None:
+        """Find the capability routes whose tasks rang no bell here (stored before this
+        replica started, or only ever redelivered) by listing each stream's consumers.
+
+        It runs beside the dispatch rounds, not in one: four listings take milliseconds, and a
+        round that waited on them held up every task rung meanwhile. A route found new is
+        marked, so the next round pulls it.
+        """
+        try:
+            for priority in Priority:
+                for route in await self.topology.routes(priority):
+                    if route.capabilities and route.capabilities not in self._cap_routes[priority]:
+                        self._cap_routes[priority].add(route.capabilities)
+                        self._mark(priority, route)
+                        self.bell.set()
+        except Exception as exc:  # a background job: the next refresh tries again
+            log.warning("listing routes failed: %s", exc)
+        finally:
+            self._learning = None
 
     async def fetch(self, takers: Sequence[Taker]) -> list[tuple[str, Delivery]]:
         """Pull at most as many tasks as the takers have free slots, priority first.
@@ -202,6 +217,9 @@ class Pool:
         free = {t.node: t.free for t in takers if t.free > 0}
         out: list[tuple[str, Delivery]] = []
         now = time.monotonic()
+        if now - self._routes_at > ROUTE_REFRESH_S and self._learning is None:
+            self._routes_at = now
+            self._learning = asyncio.ensure_future(self._learn_routes())
         if now - self._scanned_at >= RESCAN_S:
             self._scanned_at = now
             self._rechecked.clear()  # (routes of nodes long gone are never rung again)
@@ -218,7 +236,7 @@ class Pool:
                 continue
             rings, got, skipped = self._rings[priority], 0, False
             drained: set[Route | None] = set()
-            routes = await self._routes(priority, takers)
+            routes = self._routes(priority, takers)
             for route in routes if None in dirty else [r for r in routes if r in dirty]:
                 eligible = [
                     t

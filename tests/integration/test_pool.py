@@ -531,6 +531,48 @@ async def test_capability_routing(hub_core: Core, make_core) -> None:
     assert grant.record.route == Route(capabilities=frozenset({"gpu", "cuda"}))
 
 
+async def test_a_route_found_by_listing_is_pulled_without_waiting_for_the_rescan(
+    hub_core: Core, make_core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capability route whose task rang no bell here (the replica was cut off, say) is
+    learnt from the consumer listing, which runs beside the rounds; the route it finds is
+    pulled next round, not at the rescan."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
+    monkeypatch.setattr(pool_module, "ROUTE_REFRESH_S", 0.0)  # list once per round
+    monkeypatch.setattr(pool_module.Pool, "_ring", lambda self, msg: None)  # deaf to the bell
+    gpu = frozenset({"gpu"})
+    replica = await make_core()
+    assert await replica.pool.take("big", gpu) == []  # its first round's full rescan
+
+    async def listed() -> bool:
+        return replica.pool._learning is None
+
+    await eventually(listed, timeout_s=5, interval_s=0.01)
+    await submit(hub_core, "gpu-task", route=Route(capabilities=gpu))
+    grant = await take_one(replica.pool, "big", timeout_s=5, capabilities=gpu)
+    assert grant.record.id == "gpu-task"
+
+
+async def test_a_round_does_not_wait_for_the_route_listing(
+    hub_core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing that takes long (here: forever) holds up no task that rang the bell."""
+    listing = asyncio.Event()
+
+    async def stuck(priority: Priority) -> list[Route]:
+        await listing.wait()
+        return []
+
+    monkeypatch.setattr(hub_core.topology, "routes", stuck)
+    try:
+        await submit(hub_core, "t1")
+        async with asyncio.timeout(5):
+            grant = await take_one(hub_core.pool, "n1", timeout_s=5)
+        assert grant.record.id == "t1"
+    finally:
+        listing.set()
+
+
 # -- first result wins ----------------------------------------------------------------------
 
 
