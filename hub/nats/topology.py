@@ -6,6 +6,7 @@ updates what JetStream allows and raises a clear error for what it does not (e.g
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import nats.js.errors
@@ -171,13 +172,21 @@ class Topology:
         self._consumers.clear()
 
     async def routes(self, priority: Priority) -> list[Route]:
-        """Routes that have a consumer on this priority's stream (found by listing)."""
-        infos = await retrying(
-            "list consumers", lambda: self.js.consumers_info(subjects.stream_name(priority))
-        )
-        out = []
-        for info in infos:
-            route = subjects.route_of_durable(info.name or "")
-            if route is not None:
-                out.append(route)
-        return out
+        """Routes that have a consumer on this priority's stream, found by listing it.
+
+        JetStream answers a listing a page at a time (256 consumers), so it goes on from each
+        page's end until a page comes back empty.
+        """
+        stream = subjects.stream_name(priority)
+        out: list[Route] = []
+        offset = 0
+        while True:
+            list_page = functools.partial(self.js.consumers_info, stream, offset)
+            infos = await retrying("list consumers", list_page)
+            if not infos:
+                return out
+            offset += len(infos)
+            for info in infos:
+                route = subjects.route_of_durable(info.name or "")
+                if route is not None:
+                    out.append(route)

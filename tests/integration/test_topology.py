@@ -139,3 +139,14 @@ async def test_record_is_readable_with_the_nats_cli_request(hub_core: Core) -> N
     query = json.dumps({"subjects_filter": "hub.tasks.>"}).encode()
     info = await api(hub_core, "$JS.API.STREAM.INFO.HUB_TASKS_HIGH", query)
     assert info["state"]["subjects"] == {"hub.tasks.high.any": 2, "hub.tasks.high.cap.gpu": 1}
+
+
+async def test_routes_are_listed_past_one_page_of_consumers(hub_core: Core) -> None:
+    """JetStream answers a consumer listing a page at a time (256 per page): a replica must
+    learn every capability route, not only the first page's."""
+    caps = {frozenset({f"c{i:03d}"}) for i in range(300)}
+    for cap in caps:
+        await hub_core.topology.ensure_consumer(Priority.LOW, Route(capabilities=cap))
+    routes = await Topology(hub_core.js, hub_core.settings).routes(Priority.LOW)
+    assert {r.capabilities for r in routes if r.capabilities} == caps
+    assert Route() in routes
