@@ -38,6 +38,7 @@ from _common import (
     median,
     nats_server_version,
     note,
+    percentile,
     progress,
     run_async,
 )
@@ -143,7 +144,21 @@ async def run_rep(args: argparse.Namespace, rep: int, stamp_dir: Path) -> dict[s
     steps = [median([r[k] / 1e3 for r in rows]) for k in range(len(PATH))]
     latency = median([(t1 - t0) / 1e3 for t0, t1 in spans])
     note(f"rep {rep + 1}: p50 {latency:.0f} us, {len(rows)}/{len(spans)} tasks matched the path")
-    return {"p50_us": latency, "steps_us": steps, "matched": len(rows) / len(spans)}
+    return {
+        "p50_us": latency,
+        "steps_us": steps,
+        "matched": len(rows) / len(spans),
+        "tail_excess_us": tail_excess(rows, steps),
+    }
+
+
+def tail_excess(rows: Sequence[Sequence[int]], steps_us: Sequence[float]) -> list[float]:
+    """Where the slowest tasks lose their time: over the tasks at or above the p99 (a row's
+    steps add up to its latency), each step's mean excess over that step's median. The
+    excesses add up to how much longer than the medians' sum those tasks took."""
+    cut = percentile([sum(r) for r in rows], 99)
+    tail = [r for r in rows if sum(r) >= cut]
+    return [sum(r[k] / 1e3 - steps_us[k] for r in tail) / len(tail) for k in range(len(PATH))]
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -157,6 +172,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def summarize(args: argparse.Namespace, reps: list[dict[str, Any]], loop: str) -> dict[str, Any]:
     steps = [round(median([r["steps_us"][k] for r in reps]), 1) for k in range(len(PATH))]
+    tail = [round(median([r["tail_excess_us"][k] for r in reps]), 1) for k in range(len(PATH))]
     total = {
         kind: round(sum(us for us, (_, _, k) in zip(steps, PATH, strict=True) if k == kind), 1)
         for kind in ("hop", "work")
@@ -177,10 +193,12 @@ def summarize(args: argparse.Namespace, reps: list[dict[str, Any]], loop: str) -
         "work_us": total["work"],
         "hops": sum(kind == "hop" for _, _, kind in PATH),
         "steps": [
-            {"step": what, "kind": kind, "us": us}
-            for (_, what, kind), us in zip(PATH, steps, strict=True)
+            {"step": what, "kind": kind, "us": us, "tail_excess_us": excess}
+            for (_, what, kind), us, excess in zip(PATH, steps, tail, strict=True)
         ],
-        "raw": {k: [r[k] for r in reps] for k in ("p50_us", "matched", "steps_us")},
+        "raw": {
+            k: [r[k] for r in reps] for k in ("p50_us", "matched", "steps_us", "tail_excess_us")
+        },
     }
 
 
@@ -188,8 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reps, loop = run_async(run(args), args.loop)
     result = summarize(args, reps, loop)
+    note("  median  slowest 1 %: excess")
     for step in result["steps"]:
-        note(f"{step['us']:8.0f} us  {step['kind']:4}  {step['step']}")
+        note(
+            f"{step['us']:8.0f} {step['tail_excess_us']:+8.0f} us  {step['kind']:4}  {step['step']}"
+        )
     hops, work = result["hop_us"], result["work_us"]
     note(f"hops {hops:.0f} us + work {work:.0f} us; p50 {result['p50_ms']} ms")
     emit_json(result)

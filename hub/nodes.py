@@ -130,7 +130,7 @@ class Nodes:
         if not takers:
             return 0
         offered = 0
-        for node, delivery in await self.pool.fetch(takers):
+        async for node, delivery in self.pool.fetch(takers):
             session = self.sessions.get(node)
             if session is None:
                 await self.pool.unoffer(delivery)

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
@@ -208,14 +208,15 @@ class Pool:
         finally:
             self._learning = None
 
-    async def fetch(self, takers: Sequence[Taker]) -> list[tuple[str, Delivery]]:
+    async def fetch(self, takers: Sequence[Taker]) -> AsyncIterator[tuple[str, Delivery]]:
         """Pull at most as many tasks as the takers have free slots, priority first.
 
         Only routes some taker can run are pulled, and only as many as those takers can take
-        now (no hoarding): what is not pulled stays in the stream for other replicas.
+        now (no hoarding): what is not pulled stays in the stream for other replicas. Each
+        task is handed on as its pull answers, not at the end of the round: a rescan is a dozen
+        pulls, one round trip each, and a task found by the first would wait for them all.
         """
         free = {t.node: t.free for t in takers if t.free > 0}
-        out: list[tuple[str, Delivery]] = []
         now = time.monotonic()
         if now - self._routes_at > ROUTE_REFRESH_S and self._learning is None:
             self._routes_at = now
@@ -257,8 +258,8 @@ class Pool:
                 for delivery in pulled:
                     taker = max(eligible, key=lambda t: free[t.node])
                     free[taker.node] -= 1
-                    out.append((taker.node, delivery))
                     got += 1
+                    yield taker.node, delivery
             if self._rings[priority] == rings:
                 if not skipped and drained.issuperset(routes):
                     dirty.clear()
@@ -268,7 +269,6 @@ class Pool:
                 self.scheduler.served(priority, got)
             else:
                 self.scheduler.empty(priority)
-        return out
 
     async def claim(self, delivery: Delivery, node: str, *, running: bool = False) -> Grant | None:
         """Record ``node`` as the holder of a delivered task, or dispose of the delivery.
@@ -321,7 +321,7 @@ class Pool:
     ) -> list[Grant]:
         """Fetch and claim in one step, for a node that runs in this process (and tests)."""
         grants = []
-        for taker_node, delivery in await self.fetch([Taker(node, capabilities, slots)]):
+        async for taker_node, delivery in self.fetch([Taker(node, capabilities, slots)]):
             grant = await self.claim(delivery, taker_node)
             if grant is not None:
                 grants.append(grant)

@@ -22,6 +22,7 @@ from hub.errors import (
 )
 from hub.model import Priority, Route, Status, TaskSpec
 from hub.nats import subjects
+from hub.pool import Taker
 
 
 async def submit(core: Core, task_id: str, **kwargs) -> None:
@@ -438,6 +439,28 @@ async def test_a_lone_ring_costs_two_pulls_not_a_pull_every_recheck(
     name = subjects.ConsumerName(Priority.NORMAL, Route())
     # the ring's pull and one recheck, both of the rung route
     assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{name.stream}.{name.durable}"] * 2
+
+
+async def test_a_task_is_handed_on_before_the_rest_of_its_rounds_pulls(
+    hub_core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rescan pulls every route of every priority, a round trip each: a task its first pull
+    finds goes to its node at once, not after the round's last pull."""
+    pulls = 0
+    pull = hub_core.queue.pull
+
+    async def counted(name: subjects.ConsumerName, batch: int) -> list:
+        nonlocal pulls
+        pulls += 1
+        return await pull(name, batch)
+
+    monkeypatch.setattr(hub_core.queue, "pull", counted)
+    await submit(hub_core, "urgent", priority=Priority.CRITICAL)
+    handed: list[tuple[str, str, int]] = []
+    async for node, delivery in hub_core.pool.fetch([Taker("n1", free=2)]):  # a full rescan
+        handed.append((node, delivery.task_id, pulls))
+    assert handed == [("n1", "urgent", 2)]  # after CRITICAL's routes: the node's own, "any"
+    assert pulls == 2 + 3 * 2  # and then the other three priorities' (the slot left free)
 
 
 # -- task TTL -------------------------------------------------------------------------------
