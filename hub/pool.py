@@ -9,6 +9,7 @@ node whose lease expired would otherwise act on the new holder's delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -114,6 +115,13 @@ class Pool:
         self._bell_sub = await subscribe_inline(
             self.nc, subjects.bell_subject(), self._ring, headers=False
         )
+
+    async def close(self) -> None:
+        """Stop a route listing in flight (it would retry for as long as NATS is away)."""
+        if self._learning is not None:
+            self._learning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._learning
 
     def _ring(self, msg: Msg) -> None:
         try:

@@ -183,6 +183,7 @@ class Replica:
                 await self.nodes.drain(timeout_s=self.settings.node_grace_s)
         await self.grpc.stop(1.0)
         await self.nodes.close()
+        await self.pool.close()
         await self.pool.journal.flush_all()  # output the nodes sent up to the end
         with contextlib.suppress(Exception):
             await self.nc.drain()

@@ -79,6 +79,7 @@ class Core:
         return (await self.js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
 
     async def close(self) -> None:
+        await self.pool.close()
         with contextlib.suppress(Exception):
             await self.nc.close()
 

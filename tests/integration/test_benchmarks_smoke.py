@@ -299,6 +299,24 @@ def test_timeline_matches_every_step_of_the_path() -> None:
     assert result["hop_us"] + result["work_us"] == pytest.approx(
         sum(s["us"] for s in result["steps"]), abs=0.5
     )
+    assert all("tail_excess_us" in s for s in result["steps"])
+
+
+def test_timeline_puts_the_tails_time_on_the_step_that_took_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")  # (restored: `_common` sets it)
+    import timeline
+
+    n = len(timeline.PATH)
+    rows = [[1000] * n for _ in range(99)]
+    rows.append([1000] * 3 + [5000] + [1000] * (n - 4))  # one slow task, slow at step 3
+    rows.append([3000] + [1000] * (n - 1))  # and one slow at step 0
+    medians = [1.0] * n  # µs, as run_rep computes them (rows are in ns)
+    excess = timeline.tail_excess(rows, medians)
+    assert excess[3] == pytest.approx(2.0) and excess[0] == pytest.approx(1.0)
+    assert sum(excess) == pytest.approx(3.0)  # the two tail tasks' mean extra: (4 + 2) / 2
 
 
 def test_timeline_matches_each_step_after_the_one_before(monkeypatch: pytest.MonkeyPatch) -> None:

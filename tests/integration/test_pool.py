@@ -579,11 +579,16 @@ async def test_a_route_found_by_listing_is_pulled_without_waiting_for_the_rescan
 async def test_a_round_does_not_wait_for_the_route_listing(
     hub_core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A listing that takes long (here: forever) holds up no task that rang the bell."""
-    listing = asyncio.Event()
+    """A listing that takes long (here: forever) holds up no task that rang the bell, and
+    closing the pool (a replica stopping) ends it."""
+    listing, cancelled = asyncio.Event(), asyncio.Event()
 
     async def stuck(priority: Priority) -> list[Route]:
-        await listing.wait()
+        try:
+            await listing.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         return []
 
     monkeypatch.setattr(hub_core.topology, "routes", stuck)
@@ -592,6 +597,9 @@ async def test_a_round_does_not_wait_for_the_route_listing(
         async with asyncio.timeout(5):
             grant = await take_one(hub_core.pool, "n1", timeout_s=5)
         assert grant.record.id == "t1"
+        async with asyncio.timeout(5):
+            await hub_core.pool.close()
+        assert cancelled.is_set()
     finally:
         listing.set()
 
