@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     node_grace_s: float = Field(5.0, ge=0, description="re-attach grace before tasks go back")
     offer_timeout_s: float = Field(5.0, gt=0)
     max_slots_per_node: int = Field(256, ge=1)
+    max_stream_consumers: int = Field(
+        100_000,
+        ge=1,
+        description="consumers a priority's stream may hold: 'any', one per capability set and "
+        "one per node seen in the last day (nats-server 2.15 allows 1,000 where none is named)",
+    )
     max_stream_submits: int = Field(
         10_000, ge=1, description="submits one SubmitStream may have open at once"
     )

@@ -15,6 +15,7 @@
     ├── NotTaskOwner         a node acting on a task it does not hold
     ├── Unauthenticated
     ├── Unavailable          NATS (or the hub) cannot be reached right now
+    ├── LimitReached         a JetStream limit the hub sets (a HUB_* setting) refused a new object
     ├── ServerFailed         the embedded nats-server could not start or died
     └── Conflict             internal: a compare-and-set lost a race; retried, never shown
 """
@@ -28,6 +29,7 @@ __all__ = (
     "HubError",
     "InvalidSettings",
     "InvalidTask",
+    "LimitReached",
     "NotTaskOwner",
     "PayloadTooLarge",
     "ServerFailed",
@@ -124,6 +126,11 @@ class Unauthenticated(HubError):
 
 class Unavailable(HubError):
     """Raised when NATS cannot be reached or does not answer in time; safe to retry."""
+
+
+class LimitReached(HubError):
+    """Raised when JetStream refuses a new object at a limit the hub sets from a setting (the
+    consumers of a priority's stream); the message names the ``HUB_*`` setting to raise."""
 
 
 class ServerFailed(HubError):

@@ -118,8 +118,9 @@ class Nodes:
                 continue
             try:
                 await self.dispatch_once()
-            except HubError as exc:
-                log.warning("dispatch round failed: %s", exc)
+            except Exception as exc:  # a bug too: this loop stopping would strand every task
+                bug = not isinstance(exc, HubError)
+                log.warning("dispatch round failed: %s", exc, exc_info=bug)
                 await asyncio.sleep(0.2)
 
     async def dispatch_once(self) -> int:

@@ -22,7 +22,15 @@ from nats.aio.msg import Msg
 from hub import lifecycle
 from hub.buffers import HeadTail
 from hub.config import Settings
-from hub.errors import HubError, InvalidTask, PayloadTooLarge, TaskExpired, TaskNotFound, WrongState
+from hub.errors import (
+    HubError,
+    InvalidTask,
+    LimitReached,
+    PayloadTooLarge,
+    TaskExpired,
+    TaskNotFound,
+    WrongState,
+)
 from hub.journal import Journal
 from hub.lifecycle import Verdict
 from hub.model import Priority, Route, Status, TaskRecord, TaskSpec, validate_task_id
@@ -47,6 +55,9 @@ RESCAN_S = 0.5
 #: a nak) can reach the replica before its task is visible to the consumer, so that pull can
 #: find nothing, and the task would then wait for the rescan.
 RECHECK_S = 0.002
+#: A route whose stream had no room for its consumer is tried again after this long, not every
+#: round: each try is a request, and a mesh past the limit may have many such routes.
+REFUSED_RETRY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,7 @@ class Pool:
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._rechecked: set[tuple[Priority, Route]] = set()
         self._scanned_at = 0.0
+        self._refused: dict[tuple[Priority, Route], float] = {}  # route -> when it was refused
 
     async def start(self) -> None:
         """Listen to the doorbell: each stored task rings it (headers only) with its subject."""
@@ -255,7 +267,10 @@ class Pool:
                 if not eligible:
                     skipped = True  # not looked at: it may hold work for a taker to come
                     continue
-                name = await self.topology.ensure_consumer(priority, route)
+                name = await self._consumer(priority, route)
+                if name is None:  # no consumer, so nothing to pull
+                    drained.add(route)
+                    continue
                 batch = sum(free[t.node] for t in eligible)
                 rung = route in dirty
                 pulled = await self.queue.pull(name, batch)
@@ -277,6 +292,25 @@ class Pool:
                 self.scheduler.served(priority, got)
             else:
                 self.scheduler.empty(priority)
+
+    async def _consumer(self, priority: Priority, route: Route) -> subjects.ConsumerName | None:
+        """The route's consumer, or None while its stream has no room for one (LimitReached:
+        warned once, tried again after REFUSED_RETRY_S). Its takers still run what the routes
+        they share with other nodes hold."""
+        key = (priority, route)
+        refused_at = self._refused.get(key)
+        if refused_at is not None and time.monotonic() - refused_at < REFUSED_RETRY_S:
+            return None
+        try:
+            name = await self.topology.ensure_consumer(priority, route)
+        except LimitReached as exc:
+            if refused_at is None:
+                log.warning("%s", exc)
+            self._refused[key] = time.monotonic()
+            return None
+        if refused_at is not None:
+            del self._refused[key]
+        return name
 
     async def claim(self, delivery: Delivery, node: str, *, running: bool = False) -> Grant | None:
         """Record ``node`` as the holder of a delivered task, or dispose of the delivery.

@@ -27,6 +27,7 @@ CODES: dict[type[errors.HubError], grpc.StatusCode] = {
     errors.NotTaskOwner: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.LimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Conflict: grpc.StatusCode.ABORTED,
 }
 

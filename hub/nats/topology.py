@@ -24,7 +24,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from hub.config import Settings
-from hub.errors import InvalidSettings
+from hub.errors import InvalidSettings, LimitReached
 from hub.model import Priority, Route
 from hub.nats import subjects
 from hub.nats.errors import nats_errors, retrying
@@ -34,6 +34,7 @@ __all__ = ("Topology",)
 log = logging.getLogger(__name__)
 
 STREAM_IN_USE = 10058
+MAXIMUM_CONSUMERS = 10026
 IDLE_CONSUMER_S = 24 * 3600.0
 
 
@@ -57,6 +58,9 @@ class Topology:
             num_replicas=s.stream_replicas,
             duplicate_window=s.dedupe_window_s,
             max_msg_size=s.max_payload_bytes + 8192,
+            # Named, not -1: nats-server 2.15 reads "no limit" as its default of 1,000, and every
+            # node seen in the last day has a consumer on each priority.
+            max_consumers=s.max_stream_consumers,
             # No max_age: the hub enforces the task TTL on unclaimed tasks only (DESIGN "Traps").
             republish=RePublish(
                 src=subjects.stream_subjects(priority),
@@ -160,10 +164,19 @@ class Topology:
             max_waiting=4096,
             inactive_threshold=None if route.kind == "any" else IDLE_CONSUMER_S,
         )
-        await retrying(
-            f"create consumer {name.stream}/{name.durable}",
-            lambda: self.js.add_consumer(name.stream, config),
-        )
+        try:
+            await retrying(
+                f"create consumer {name.stream}/{name.durable}",
+                lambda: self.js.add_consumer(name.stream, config),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != MAXIMUM_CONSUMERS:
+                raise
+            raise LimitReached(
+                f"stream {name.stream} holds its {self.settings.max_stream_consumers} consumers "
+                f"(one per route), so route {name.durable!r} has none; raise "
+                "HUB_MAX_STREAM_CONSUMERS, or wait a day for idle nodes' consumers to go"
+            ) from exc
         self._consumers.add((name.stream, name.durable))
         return name
 

@@ -125,6 +125,28 @@ async def test_wait_on_an_unknown_task_is_not_found_at_once(e2e_hub: GrpcHub) ->
     assert time.monotonic() - started < 2.0  # not after the 30 s wait
 
 
+async def test_dispatch_goes_on_after_a_round_that_failed_unexpectedly(
+    e2e_hub: GrpcHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one dispatch round (here: fetch raising what no NATS call raises) is logged,
+    and the next round runs; a replica that stopped dispatching would still report SERVING."""
+    replica = await e2e_hub.replica()
+    fetch, rounds = replica.pool.fetch, 0
+
+    def fails_first(takers: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise RuntimeError("a bug")
+        return fetch(takers)
+
+    monkeypatch.setattr(replica.pool, "fetch", fails_first)
+    await e2e_hub.node(addr(replica), "worker", {"echo": reporter("worker")})
+    done = await e2e_hub.client(replica).submit("echo", b"still served", wait_s=STEP_S)
+    assert done.done and done.task.status == common_pb2.SUCCEEDED
+    assert rounds >= 2
+
+
 async def test_wait_on_a_task_past_its_result_ttl_says_expired(e2e_hub: GrpcHub) -> None:
     replica = await e2e_hub.replica(result_ttl_s=2.0)
     await e2e_hub.node(addr(replica), "worker", {"echo": reporter("worker")})

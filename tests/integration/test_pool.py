@@ -16,8 +16,10 @@ from hub.errors import (
     AlreadyFinished,
     HubError,
     InvalidTask,
+    LimitReached,
     PayloadTooLarge,
     StaleAttempt,
+    TaskNotFound,
     WrongState,
 )
 from hub.model import Priority, Route, Status, TaskSpec
@@ -602,6 +604,39 @@ async def test_a_round_does_not_wait_for_the_route_listing(
         assert cancelled.is_set()
     finally:
         listing.set()
+
+
+async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
+    make_core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mesh with more nodes than a priority stream may hold consumers: a node whose own
+    route cannot get one is still served from the routes it can run, and a submit that needs a
+    new route is refused with the setting to raise. Nothing else stops."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round pulls every route
+    core = await make_core(max_stream_consumers=3)  # "any" and two nodes' routes
+    for node in ("n1", "n2"):
+        assert await core.pool.take(node) == []  # a full rescan: its route on every priority
+    await submit(core, "t1")
+    with pytest.raises(LimitReached, match="HUB_MAX_STREAM_CONSUMERS"):
+        await submit(core, "gpu-task", route=Route(capabilities=frozenset({"gpu"})))
+    with pytest.raises(TaskNotFound):
+        await core.journal.get("gpu-task")  # refused before anything was recorded
+    grant = await take_one(core.pool, "n3", timeout_s=5)
+    assert grant.record.id == "t1" and grant.record.node == "n3"
+    assert await core.pool.take("n3") == []  # a round over every priority: each refuses n3
+    # the refusal is remembered: later rounds do not ask for that consumer again each time
+    asked: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        asked.append(msg.subject)
+
+    spy = await core.nc.subscribe("$JS.API.CONSUMER.>", cb=note)
+    for _ in range(3):
+        assert await core.pool.take("n3") == []
+    await core.nc.flush()
+    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
+    await spy.unsubscribe()
+    assert not [s for s in asked if "CREATE" in s and s.endswith(".node_n3")]
 
 
 # -- first result wins ----------------------------------------------------------------------

@@ -150,3 +150,30 @@ async def test_routes_are_listed_past_one_page_of_consumers(hub_core: Core) -> N
     routes = await Topology(hub_core.js, hub_core.settings).routes(Priority.LOW)
     assert {r.capabilities for r in routes if r.capabilities} == caps
     assert Route() in routes
+
+
+async def test_a_priority_stream_holds_more_consumers_than_nats_servers_default(
+    hub_core: Core,
+) -> None:
+    """nats-server 2.15 caps a stream that names no consumer limit at 1,000 consumers, and
+    every node seen in the last day has one per priority: the hub names its own limit."""
+    info = await api(hub_core, f"$JS.API.STREAM.INFO.{subjects.stream_name(Priority.LOW)}")
+    assert info["config"]["max_consumers"] == hub_core.settings.max_stream_consumers > 1000
+    for i in range(1001):
+        await hub_core.topology.ensure_consumer(Priority.LOW, Route(node=f"n{i:04d}"))
+    info = await api(hub_core, f"$JS.API.STREAM.INFO.{subjects.stream_name(Priority.LOW)}")
+    assert info["state"]["consumer_count"] == 1002  # and "any"
+
+
+async def test_ensure_lifts_the_consumer_limit_of_a_stream_made_without_one(
+    hub_core: Core,
+) -> None:
+    """A stream an older hub made (no limit named, so nats-server's 1,000) is updated."""
+    name = subjects.stream_name(Priority.HIGH)
+    config = (await hub_core.js.stream_info(name)).config
+    config.max_consumers = -1
+    await hub_core.js.update_stream(config)
+    assert (await hub_core.js.stream_info(name)).config.max_consumers == -1
+    await Topology(hub_core.js, hub_core.settings).ensure()
+    limit = (await hub_core.js.stream_info(name)).config.max_consumers
+    assert limit == hub_core.settings.max_stream_consumers
