@@ -56,7 +56,7 @@ class Replica:
         s = self.settings
         self.nc = await connect(self.urls, s, name=self.id, on_reconnect=self._reconnected)
         js = self.nc.jetstream(timeout=s.request_timeout_s)
-        topology = Topology(js, s)
+        topology = Topology(self.nc, js, s)
         await topology.ensure()
         journal = Journal(self.nc, js, s)
         await journal.start()

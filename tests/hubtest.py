@@ -95,7 +95,7 @@ async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> 
 
     nc = await connect([url], settings, name=name, on_reconnect=on_reconnect)
     js = nc.jetstream(timeout=settings.request_timeout_s)
-    topology = Topology(js, settings)
+    topology = Topology(nc, js, settings)
     await topology.ensure()
     journal = Journal(nc, js, settings)
     queue = Queue(nc, js, settings)
