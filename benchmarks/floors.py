@@ -88,7 +88,7 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             [],
         )
         # The replica has made the task streams; it has no node, so it pulls nothing itself.
-        name = await Topology(nc, js, Settings()).ensure_consumer(Priority.LOW, Route())
+        name = await Topology(js, Settings()).ensure_consumer(Priority.LOW, Route())
         for _ in range(total):
             await requests.publish(task_subject(Priority.LOW, Route()), payload, timeout_s=5)
         puller = _Puller(nc, name)

@@ -9,7 +9,6 @@ node whose lease expired would otherwise act on the new holder's delivery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -46,10 +45,9 @@ __all__ = ("Counts", "Grant", "Pool", "Taker")
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
-#: How often the capability routes are listed from the streams' consumers (see _learn_routes).
-ROUTE_REFRESH_S = 5.0
-#: Every priority is pulled at least this often, rung or not: redeliveries (lease expiry, a
-#: delayed nak) and another replica's hand-backs ring no doorbell.
+#: Every priority is looked at this often, rung or not: redeliveries (lease expiry, a delayed
+#: nak) and another replica's hand-backs ring no doorbell. A rescan pulls the routes whose
+#: subjects hold messages (see Queue.held_routes), not every route.
 RESCAN_S = 0.5
 #: A rung route whose pull came back empty is pulled once more after this long: a doorbell (or
 #: a nak) can reach the replica before its task is visible to the consumer, so that pull can
@@ -107,11 +105,10 @@ class Pool:
         self.scheduler = PriorityScheduler(settings.starvation_limit)
         self.bell = asyncio.Event()
         self._cap_routes: dict[Priority, set[frozenset[str]]] = {p: set() for p in Priority}
-        self._routes_at = 0.0
-        self._learning: asyncio.Task[None] | None = None
         self._bell_sub: object | None = None
         # Per priority, the routes that may hold work this replica has not pulled: rung by the
-        # doorbell or a hand-back (None: every route, after a rescan or an unreadable bell).
+        # doorbell or a hand-back (None: every route held, after a rescan or an unreadable
+        # bell; _held, from the rescan, says which routes hold messages, None if unknown).
         # A route is cleared when its pull came back short of its batch; the ring count guards
         # against a bell that rings while the pull is in flight. A rung route whose pull came
         # back empty is pulled again once (RECHECK_S): _rechecked holds those spent since their
@@ -120,6 +117,7 @@ class Pool:
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._rechecked: set[tuple[Priority, Route]] = set()
         self._scanned_at = 0.0
+        self._held: dict[Priority, set[Route] | None] = dict.fromkeys(Priority)
         self._refused: dict[tuple[Priority, Route], float] = {}  # route -> when it was refused
 
     async def start(self) -> None:
@@ -127,13 +125,6 @@ class Pool:
         self._bell_sub = await subscribe_inline(
             self.nc, subjects.bell_subject(), self._ring, headers=False
         )
-
-    async def close(self) -> None:
-        """Stop a route listing in flight (it would retry for as long as NATS is away)."""
-        if self._learning is not None:
-            self._learning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._learning
 
     def _ring(self, msg: Msg) -> None:
         try:
@@ -208,44 +199,19 @@ class Pool:
         routes += [Route(capabilities=c) for c in sorted(self._cap_routes[priority], key=sorted)]
         return [*routes, Route()]
 
-    async def _learn_routes(self) -> None:
-        """Find the capability routes whose tasks rang no bell here (stored before this
-        replica started, or only ever redelivered) by listing each stream's consumers.
-
-        It runs beside the dispatch rounds, not in one: four listings take milliseconds, and a
-        round that waited on them held up every task rung meanwhile. A route found new is
-        marked, so the next round pulls it.
-        """
-        try:
-            for priority in Priority:
-                for route in await self.topology.routes(priority):
-                    if route.capabilities and route.capabilities not in self._cap_routes[priority]:
-                        self._cap_routes[priority].add(route.capabilities)
-                        self._mark(priority, route)
-                        self.bell.set()
-        except Exception as exc:  # a background job: the next refresh tries again
-            log.warning("listing routes failed: %s", exc)
-        finally:
-            self._learning = None
-
     async def fetch(self, takers: Sequence[Taker]) -> AsyncIterator[tuple[str, Delivery]]:
         """Pull at most as many tasks as the takers have free slots, priority first.
 
         Only routes some taker can run are pulled, and only as many as those takers can take
         now (no hoarding): what is not pulled stays in the stream for other replicas. Each
-        task is handed on as its pull answers, not at the end of the round: a rescan is a dozen
-        pulls, one round trip each, and a task found by the first would wait for them all.
+        task is handed on as its pull answers, not at the end of the round: a task found by a
+        round's first pull does not wait for the rest.
         """
         free = {t.node: t.free for t in takers if t.free > 0}
         now = time.monotonic()
-        if now - self._routes_at > ROUTE_REFRESH_S and self._learning is None:
-            self._routes_at = now
-            self._learning = asyncio.ensure_future(self._learn_routes())
         if now - self._scanned_at >= RESCAN_S:
             self._scanned_at = now
-            self._rechecked.clear()  # (routes of nodes long gone are never rung again)
-            for dirty in self._dirty.values():
-                dirty.add(None)
+            await self._rescan()
         for priority in self.scheduler.order():
             if not any(free.values()):
                 break
@@ -256,9 +222,13 @@ class Pool:
                 self.scheduler.empty(priority)
                 continue
             rings, got, skipped = self._rings[priority], 0, False
-            drained: set[Route | None] = set()
             routes = self._routes(priority, takers)
-            for route in routes if None in dirty else [r for r in routes if r in dirty]:
+            if None in dirty and (held := self._held[priority]) is not None:
+                look = [r for r in routes if r in held or r in dirty]
+            else:
+                look = routes if None in dirty else [r for r in routes if r in dirty]
+            drained: set[Route | None] = {r for r in routes if r not in look}  # (none stored)
+            for route in look:
                 eligible = [
                     t
                     for t in takers
@@ -292,6 +262,18 @@ class Pool:
                 self.scheduler.served(priority, got)
             else:
                 self.scheduler.empty(priority)
+
+    async def _rescan(self) -> None:
+        """Look at every priority again: which routes hold messages (one request per priority,
+        at once), including capability routes this replica never heard rung."""
+        self._rechecked.clear()  # (routes of nodes long gone are never rung again)
+        held = await asyncio.gather(*(self.queue.held_routes(p) for p in Priority))
+        for priority, routes in zip(Priority, held, strict=True):
+            self._held[priority] = routes
+            self._cap_routes[priority].update(
+                r.capabilities for r in routes or () if r.capabilities
+            )
+            self._dirty[priority].add(None)
 
     async def _consumer(self, priority: Priority, route: Route) -> subjects.ConsumerName | None:
         """The route's consumer, or None while its stream has no room for one (LimitReached:

@@ -220,6 +220,33 @@ class Queue:
             closed=lambda: self.nc.is_closed,
         )
 
+    async def held_routes(self, priority: Priority) -> set[Route] | None:
+        """The routes whose subjects hold messages in a priority's stream (queued, in flight or
+        waiting out a delayed nak), from one stream-info request; None when the answer is not
+        the whole picture (an error, no answer, more subjects than one answer lists).
+
+        A rescan pulls only these: the others hold nothing, however many nodes have routes.
+        """
+        body = json.dumps({"subjects_filter": subjects.stream_subjects(priority)}).encode()
+        try:
+            reply = await self.requests.request(
+                f"$JS.API.STREAM.INFO.{subjects.stream_name(priority)}",
+                body,
+                timeout_s=self.settings.request_timeout_s,
+            )
+            answer = json.loads(reply.data)
+        except (nats.errors.Error, ValueError) as exc:
+            log.debug("stream subjects of %s: %s", priority.label, exc)
+            return None
+        held = (answer.get("state") or {}).get("subjects") or {}
+        if "error" in answer or answer.get("total", 0) > len(held):
+            return None
+        routes = set()
+        for subject in held:
+            with contextlib.suppress(InvalidTask):  # (not a subject the hub writes to)
+                routes.add(subjects.parse_task_subject(subject)[1])
+        return routes
+
     async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:
         puller = self._pullers.get((name.stream, name.durable))
         if puller is None:

@@ -56,7 +56,7 @@ class Replica:
         s = self.settings
         self.nc = await connect(self.urls, s, name=self.id, on_reconnect=self._reconnected)
         js = self.nc.jetstream(timeout=s.request_timeout_s)
-        topology = Topology(self.nc, js, s)
+        topology = Topology(js, s)
         await topology.ensure()
         journal = Journal(self.nc, js, s)
         await journal.start()
@@ -183,7 +183,6 @@ class Replica:
                 await self.nodes.drain(timeout_s=self.settings.node_grace_s)
         await self.grpc.stop(1.0)
         await self.nodes.close()
-        await self.pool.close()
         await self.pool.journal.flush_all()  # output the nodes sent up to the end
         with contextlib.suppress(Exception):
             await self.nc.drain()

@@ -79,7 +79,6 @@ class Core:
         return (await self.js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
 
     async def close(self) -> None:
-        await self.pool.close()
         with contextlib.suppress(Exception):
             await self.nc.close()
 
@@ -95,7 +94,7 @@ async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> 
 
     nc = await connect([url], settings, name=name, on_reconnect=on_reconnect)
     js = nc.jetstream(timeout=settings.request_timeout_s)
-    topology = Topology(nc, js, settings)
+    topology = Topology(js, settings)
     await topology.ensure()
     journal = Journal(nc, js, settings)
     queue = Queue(nc, js, settings)

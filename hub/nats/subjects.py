@@ -124,17 +124,6 @@ def consumer_for(priority: Priority, route: Route) -> ConsumerName:
     return ConsumerName(priority, route)
 
 
-def route_of_durable(durable: str) -> Route | None:
-    """Inverse of ConsumerName.durable, for consumers found by listing a stream."""
-    if durable == "any":
-        return Route()
-    if durable.startswith("node_"):
-        return Route(node=durable[5:])
-    if durable.startswith("cap_"):
-        return Route(capabilities=frozenset(durable[4:].split("_")))
-    return None
-
-
 def msg_id(task_id: str, generation: int) -> str:
     """Per-generation message id: a DLQ replay inside the dedupe window is not a duplicate."""
     return f"{task_id}.{generation}"

@@ -6,12 +6,9 @@ updates what JetStream allows and raises a clear error for what it does not (e.g
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -43,8 +40,8 @@ IDLE_CONSUMER_S = 24 * 3600.0
 class Topology:
     """The hub's JetStream objects for one connection, with consumers created on demand."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
-        self.nc, self.js, self.settings = nc, js, settings
+    def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+        self.js, self.settings = js, settings
         self._consumers: set[tuple[str, str]] = set()
         self.journal: KeyValue
         self.nodes: KeyValue
@@ -185,30 +182,3 @@ class Topology:
     def forget_consumers(self) -> None:
         """After a server restart, an idle consumer may have been removed: re-create on use."""
         self._consumers.clear()
-
-    async def routes(self, priority: Priority) -> list[Route]:
-        """Routes that have a consumer on this priority's stream, found by listing it.
-
-        By name only (``CONSUMER.NAMES``): every node seen in the last day has a consumer here,
-        and the full listing (``CONSUMER.LIST``, 256 per page) costs about 25 times as much per
-        consumer. Both answer a page at a time, so the listing goes on to the total.
-        """
-        subject = f"$JS.API.CONSUMER.NAMES.{subjects.stream_name(priority)}"
-        names: list[str] = []
-        while True:
-            ask = functools.partial(
-                self.nc.request,
-                subject,
-                json.dumps({"offset": len(names)}).encode(),
-                timeout=self.settings.request_timeout_s,
-            )
-            reply = await retrying("list consumers", ask, closed=lambda: self.nc.is_closed)
-            answer = json.loads(reply.data)
-            if "error" in answer:
-                with nats_errors("list consumers"):
-                    raise nats.js.errors.APIError.from_error(answer["error"])
-            page = answer.get("consumers") or []
-            names += page
-            if not page or len(names) >= answer.get("total", 0):
-                break
-        return [r for r in map(subjects.route_of_durable, names) if r is not None]

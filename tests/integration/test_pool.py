@@ -446,8 +446,8 @@ async def test_a_lone_ring_costs_two_pulls_not_a_pull_every_recheck(
 async def test_a_task_is_handed_on_before_the_rest_of_its_rounds_pulls(
     hub_core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rescan pulls every route of every priority, a round trip each: a task its first pull
-    finds goes to its node at once, not after the round's last pull."""
+    """A round may pull several routes, a round trip each: a task its first pull finds goes to
+    its node at once, not after the round's last pull."""
     pulls = 0
     pull = hub_core.queue.pull
 
@@ -458,11 +458,11 @@ async def test_a_task_is_handed_on_before_the_rest_of_its_rounds_pulls(
 
     monkeypatch.setattr(hub_core.queue, "pull", counted)
     await submit(hub_core, "urgent", priority=Priority.CRITICAL)
+    await submit(hub_core, "later", priority=Priority.LOW)
     handed: list[tuple[str, str, int]] = []
-    async for node, delivery in hub_core.pool.fetch([Taker("n1", free=2)]):  # a full rescan
+    async for node, delivery in hub_core.pool.fetch([Taker("n1", free=2)]):  # a rescan
         handed.append((node, delivery.task_id, pulls))
-    assert handed == [("n1", "urgent", 2)]  # after CRITICAL's routes: the node's own, "any"
-    assert pulls == 2 + 3 * 2  # and then the other three priorities' (the slot left free)
+    assert handed == [("n1", "urgent", 1), ("n1", "later", 2)]  # urgent before LOW's pull
 
 
 # -- task TTL -------------------------------------------------------------------------------
@@ -556,54 +556,44 @@ async def test_capability_routing(hub_core: Core, make_core) -> None:
     assert grant.record.route == Route(capabilities=frozenset({"gpu", "cuda"}))
 
 
-async def test_a_route_found_by_listing_is_pulled_without_waiting_for_the_rescan(
+async def test_a_rescan_finds_a_capability_route_that_rang_no_bell_here(
     hub_core: Core, make_core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A capability route whose task rang no bell here (the replica was cut off, say) is
-    learnt from the consumer listing, which runs beside the rounds; the route it finds is
-    pulled next round, not at the rescan."""
-    monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
-    monkeypatch.setattr(pool_module, "ROUTE_REFRESH_S", 0.0)  # list once per round
+    """A capability route this replica never heard rung (it was cut off, say) is read off the
+    subjects its stream holds messages on, at the next rescan."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round is a rescan
     monkeypatch.setattr(pool_module.Pool, "_ring", lambda self, msg: None)  # deaf to the bell
     gpu = frozenset({"gpu"})
     replica = await make_core()
-    assert await replica.pool.take("big", gpu) == []  # its first round's full rescan
-
-    async def listed() -> bool:
-        return replica.pool._learning is None
-
-    await eventually(listed, timeout_s=5, interval_s=0.01)
+    assert await replica.pool.take("big", gpu) == []
     await submit(hub_core, "gpu-task", route=Route(capabilities=gpu))
     grant = await take_one(replica.pool, "big", timeout_s=5, capabilities=gpu)
     assert grant.record.id == "gpu-task"
 
 
-async def test_a_round_does_not_wait_for_the_route_listing(
+async def test_a_rescan_pulls_only_the_routes_that_hold_messages(
     hub_core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A listing that takes long (here: forever) holds up no task that rang the bell, and
-    closing the pool (a replica stopping) ends it."""
-    listing, cancelled = asyncio.Event(), asyncio.Event()
+    """Each node has a route on every priority: a rescan that pulled them all would cost a
+    round trip per node and priority, every RESCAN_S, with nothing to find."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)
+    takers = [Taker(f"n{i}") for i in range(5)]
+    for taker in takers:  # each node's route gets its consumer
+        assert await hub_core.pool.take(taker.node) == []
+    await submit(hub_core, "for-n3", route=Route(node="n3"), priority=Priority.LOW)
+    pulls: list[str] = []
 
-    async def stuck(priority: Priority) -> list[Route]:
-        try:
-            await listing.wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return []
+    async def note(msg: Msg) -> None:
+        pulls.append(msg.subject)
 
-    monkeypatch.setattr(hub_core.topology, "routes", stuck)
-    try:
-        await submit(hub_core, "t1")
-        async with asyncio.timeout(5):
-            grant = await take_one(hub_core.pool, "n1", timeout_s=5)
-        assert grant.record.id == "t1"
-        async with asyncio.timeout(5):
-            await hub_core.pool.close()
-        assert cancelled.is_set()
-    finally:
-        listing.set()
+    spy = await hub_core.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=note)
+    handed = [delivery.task_id async for _, delivery in hub_core.pool.fetch(takers)]
+    await hub_core.nc.flush()
+    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
+    await spy.unsubscribe()
+    assert handed == ["for-n3"]
+    low = subjects.ConsumerName(Priority.LOW, Route(node="n3"))
+    assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{low.stream}.{low.durable}"]
 
 
 async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
@@ -612,10 +602,12 @@ async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
     """A mesh with more nodes than a priority stream may hold consumers: a node whose own
     route cannot get one is still served from the routes it can run, and a submit that needs a
     new route is refused with the setting to raise. Nothing else stops."""
-    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round pulls every route
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round is a rescan
     core = await make_core(max_stream_consumers=3)  # "any" and two nodes' routes
     for node in ("n1", "n2"):
-        assert await core.pool.take(node) == []  # a full rescan: its route on every priority
+        await submit(core, f"for-{node}", route=Route(node=node))
+        assert [g.record.id for g in await core.pool.take(node)] == [f"for-{node}"]
+    await submit(core, "for-n3", route=Route(node="n3"))  # a route the stream has no room for
     await submit(core, "t1")
     with pytest.raises(LimitReached, match="HUB_MAX_STREAM_CONSUMERS"):
         await submit(core, "gpu-task", route=Route(capabilities=frozenset({"gpu"})))
@@ -623,7 +615,7 @@ async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
         await core.journal.get("gpu-task")  # refused before anything was recorded
     grant = await take_one(core.pool, "n3", timeout_s=5)
     assert grant.record.id == "t1" and grant.record.node == "n3"
-    assert await core.pool.take("n3") == []  # a round over every priority: each refuses n3
+    assert await core.pool.take("n3") == []  # another round: "for-n3" stays where it is
     # the refusal is remembered: later rounds do not ask for that consumer again each time
     asked: list[str] = []
 
