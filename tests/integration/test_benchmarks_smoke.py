@@ -287,6 +287,13 @@ def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}
 
 
+def test_rescan_ends_with_a_json_result() -> None:
+    result = run_bench(["rescan.py", "--nodes", "3", "--rounds", "2", "--reps", "1"])
+    assert result["bench"] == "rescan" and result["nodes"] == 3
+    assert result["rescan_ms"] > 0
+    assert result["pulls_per_rescan"] == 0  # an empty pool: no route holds a message
+
+
 def test_timeline_matches_every_step_of_the_path() -> None:
     argv = ["timeline.py", "--tasks", "20", "--warmup", "5", "--reps", "1", "--nodes", "1"]
     result = run_bench(argv)
