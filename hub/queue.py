@@ -222,24 +222,18 @@ class Queue:
 
     async def held_routes(self, priority: Priority) -> set[Route] | None:
         """The routes whose subjects hold messages in a priority's stream (queued, in flight or
-        waiting out a delayed nak), from one stream-info request; None when the answer is not
-        the whole picture (an error, no answer, more subjects than one answer lists).
+        waiting out a delayed nak), from one stream-info request; None without an answer.
 
         A rescan pulls only these: the others hold nothing, however many nodes have routes.
         """
-        body = json.dumps({"subjects_filter": subjects.stream_subjects(priority)}).encode()
         try:
-            reply = await self.requests.request(
-                f"$JS.API.STREAM.INFO.{subjects.stream_name(priority)}",
-                body,
+            held = await self.requests.stream_subjects(
+                subjects.stream_name(priority),
+                subjects.stream_subjects(priority),
                 timeout_s=self.settings.request_timeout_s,
             )
-            answer = json.loads(reply.data)
         except (nats.errors.Error, ValueError) as exc:
             log.debug("stream subjects of %s: %s", priority.label, exc)
-            return None
-        held = (answer.get("state") or {}).get("subjects") or {}
-        if "error" in answer or answer.get("total", 0) > len(held):
             return None
         routes = set()
         for subject in held:

@@ -150,24 +150,19 @@ class Replica:
         """Delete the presence of nodes not heard of for three heartbeats (killed, or cut off
         from every replica); the bucket's max age alone would keep them listed far longer.
         A delete is a compare-and-set on the revision read, so a fresh heartbeat wins."""
-        kv = self.pool.topology.nodes
+        topology = self.pool.topology
         stale_s = 3 * self.settings.heartbeat_s
         removed = 0
         with nats_errors("clean node presence"):
-            try:
-                keys = [k for k in await kv.keys() if k.startswith("node.")]
-            except nats.js.errors.NoKeysError:
-                return 0
-            for key in keys:
+            for entry in await topology.presences(self.pool.queue.requests):
                 try:
-                    entry = await kv.get(key)
                     seen_at = float(json.loads(entry.value or b"{}").get("seen_at", 0))
-                except (nats.js.errors.KeyNotFoundError, ValueError, AttributeError):
+                except (ValueError, AttributeError):
                     continue
                 if time.time() - seen_at <= stale_s:
                     continue
                 with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                    await kv.delete(key, last=entry.revision)
+                    await topology.nodes.delete(entry.key, last=entry.revision)
                     removed += 1
         return removed
 

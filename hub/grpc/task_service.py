@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
-import nats.js.errors
 
 from hub.errors import TaskExpired
 from hub.grpc.convert import dead_to_pb, expired_task, record_to_pb, spec_from_pb
@@ -165,20 +164,9 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer):
 
     @grpc_errors
     async def ListNodes(self, request, context):
-        kv = self.pool.topology.nodes
-        nodes: list[tasks_pb2.NodeInfo] = []
         with nats_errors("list nodes"):
-            try:
-                keys = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                keys = []
-            for key in keys:
-                try:
-                    entry = await kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    continue
-                if key.startswith("node.") and entry.value:
-                    nodes.append(tasks_pb2.NodeInfo(**json.loads(entry.value)))
+            entries = await self.pool.topology.presences(self.pool.queue.requests)
+        nodes = [tasks_pb2.NodeInfo(**json.loads(e.value or b"{}")) for e in entries]
         nodes.sort(key=lambda n: n.node_id)
         return tasks_pb2.ListNodesResponse(nodes=nodes)
 

@@ -110,3 +110,25 @@ class Requests:
         if "error" in answer:
             nats.js.errors.APIError.from_error(answer["error"])  # raises
         return int(answer["seq"])
+
+    async def stream_subjects(
+        self, stream: str, filter_subject: str, *, timeout_s: float
+    ) -> dict[str, int]:
+        """The subjects under ``filter_subject`` that hold messages in ``stream``, with their
+        counts, from stream-info requests (a page of up to 100,000 subjects each): no consumer.
+
+        For a bucket's keys this replaces nats-py's ``KeyValue.keys()``, whose watcher can
+        answer "no keys" while the keys are in flight to it (nats-io/nats.py#842). A key's
+        delete marker is a message too: such a key is listed, and reads as deleted.
+        """
+        out: dict[str, int] = {}
+        while True:
+            body = orjson.dumps({"subjects_filter": filter_subject, "offset": len(out)})
+            msg = await self.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout_s=timeout_s)
+            answer = orjson.loads(msg.data)
+            if "error" in answer:
+                nats.js.errors.APIError.from_error(answer["error"])  # raises
+            page = (answer.get("state") or {}).get("subjects") or {}
+            out |= page
+            if not page or len(out) >= answer.get("total", 0):
+                return out

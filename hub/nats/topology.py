@@ -27,6 +27,7 @@ from hub.errors import InvalidSettings, LimitReached
 from hub.model import Priority, Route
 from hub.nats import subjects
 from hub.nats.errors import nats_errors, retrying
+from hub.nats.requests import Requests
 
 __all__ = ("Topology",)
 
@@ -178,6 +179,29 @@ class Topology:
             ) from exc
         self._consumers.add((name.stream, name.durable))
         return name
+
+    async def presences(self, requests: Requests) -> list[KeyValue.Entry]:
+        """Every node's presence entry (``node.<id>`` in the nodes bucket), read key by key.
+
+        The keys come from the bucket stream's subjects, not from ``KeyValue.keys()``, whose
+        watcher can answer "no keys" while the keys are in flight to it (nats-io/nats.py#842):
+        a node list came back empty now and then under load.
+        """
+        prefix = f"$KV.{subjects.NODES_BUCKET}."
+        held = await requests.stream_subjects(
+            f"KV_{subjects.NODES_BUCKET}",
+            f"{prefix}node.>",
+            timeout_s=self.settings.request_timeout_s,
+        )
+        entries = []
+        for subject in sorted(held):
+            try:
+                entry = await self.nodes.get(subject[len(prefix) :])
+            except nats.js.errors.KeyNotFoundError:  # deleted (a marker), or gone since
+                continue
+            if entry.value:
+                entries.append(entry)
+        return entries
 
     def forget_consumers(self) -> None:
         """After a server restart, an idle consumer may have been removed: re-create on use."""

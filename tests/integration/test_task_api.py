@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpchub import STEP_S, GrpcHub, RawNode, addr, wait_done
+from grpchub import STEP_S, GrpcHub, RawNode, addr, until, wait_done
 
 from hub.client import ClientError
 from hub.model import Priority
@@ -441,3 +441,33 @@ async def test_token_auth(e2e_hub: GrpcHub) -> None:
     task = await wait_done(client, task_id)
     assert task.status == common_pb2.SUCCEEDED and task.result == b"hello"
     assert task.node_id == "trusted"
+
+
+async def test_the_node_list_reads_keys_without_a_watcher(e2e_hub: GrpcHub) -> None:
+    """ListNodes takes the nodes bucket's keys from its stream's subjects and reads each: no
+    consumer. The watcher behind nats-py's ``KeyValue.keys()`` can answer "no keys" while the
+    keys are in flight to it (nats-io/nats.py#842): a node list came back empty under load."""
+    replica = await e2e_hub.replica()
+
+    async def idle(ctx: TaskContext) -> bytes:
+        return b""
+
+    await e2e_hub.node(addr(replica), "n1", {"idle": idle})
+    client = e2e_hub.client(replica)
+
+    async def listed() -> bool:
+        return [n.node_id for n in (await client.nodes()).nodes] == ["n1"]
+
+    await until(listed)
+    asked: list[str] = []
+
+    async def note(msg: Any) -> None:
+        asked.append(msg.subject)
+
+    spy = await replica.nc.subscribe("$JS.API.CONSUMER.>", cb=note)
+    for _ in range(5):
+        assert await listed()
+    await replica.nc.flush()
+    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
+    await spy.unsubscribe()
+    assert not [s for s in asked if "KV_hub_nodes" in s]
