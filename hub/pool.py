@@ -223,11 +223,14 @@ class Pool:
                 continue
             rings, got, skipped = self._rings[priority], 0, False
             routes = self._routes(priority, takers)
-            if None in dirty and (held := self._held[priority]) is not None:
+            if None not in dirty:
+                look = [r for r in routes if r in dirty]
+            elif (held := self._held[priority]) is not None:
                 look = [r for r in routes if r in held or r in dirty]
             else:
-                look = routes if None in dirty else [r for r in routes if r in dirty]
-            drained: set[Route | None] = {r for r in routes if r not in look}  # (none stored)
+                look = routes
+            drained: set[Route | None] = set(routes)
+            drained.difference_update(look)  # (the routes not looked at hold nothing new)
             for route in look:
                 eligible = [
                     t

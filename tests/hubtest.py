@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from hub.journal import Journal
 from hub.model import Priority
 from hub.nats import subjects
 from hub.nats.connection import connect
+from hub.nats.inline import subscribe_inline
 from hub.nats.topology import Topology
 from hub.pool import Pool
 from hub.queue import Queue
@@ -103,6 +104,23 @@ async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> 
     core = Core(nc, js, settings, topology, journal, queue, pool)
     holder.append(core)
     return core
+
+
+@contextlib.asynccontextmanager
+async def published(nc: NATS, subject: str) -> AsyncIterator[list[str]]:
+    """The subjects of the messages published on ``subject`` (a wildcard) while the block runs.
+
+    Read inline, in the connection's read loop, and flushed at both ends: every message sent
+    before the block ends is in the list when it ends, without a sleep.
+    """
+    seen: list[str] = []
+    sub = await subscribe_inline(nc, subject, lambda msg: seen.append(msg.subject), headers=False)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await nc.flush()
+        await sub.unsubscribe()
 
 
 async def eventually(

@@ -8,8 +8,7 @@ import dataclasses
 import time
 
 import pytest
-from hubtest import Core, eventually, take_all, take_one
-from nats.aio.msg import Msg
+from hubtest import Core, eventually, published, take_all, take_one
 
 from hub import pool as pool_module
 from hub.errors import (
@@ -418,26 +417,17 @@ async def test_a_lone_ring_costs_two_pulls_not_a_pull_every_recheck(
     hub_core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
-    pulls: list[str] = []
-
-    async def note(msg: Msg) -> None:
-        pulls.append(msg.subject)
-
-    spy = await hub_core.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=note)
     assert await hub_core.pool.take("n1") == []  # the first round's full rescan
-    await hub_core.nc.flush()
-    pulls.clear()
-    await hub_core.nc.publish("hub.bell.normal.any", b"")  # a ring with nothing behind it
-    await _rung(hub_core)
-    assert await hub_core.pool.take("n1") == []  # the ring's pull, empty
-    await _rung(hub_core)  # the recheck rings (bounded wait)
-    assert await hub_core.pool.take("n1") == []  # the recheck's pull, empty too
-    # A further recheck would ring RECHECK_S after that pull: give it twenty times as long.
-    await asyncio.sleep(pool_module.RECHECK_S * 20)
-    assert not hub_core.pool.bell.is_set()
-    assert await hub_core.pool.take("n1") == []
-    await hub_core.nc.flush()
-    await spy.unsubscribe()
+    async with published(hub_core.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
+        await hub_core.nc.publish("hub.bell.normal.any", b"")  # a ring with nothing behind it
+        await _rung(hub_core)
+        assert await hub_core.pool.take("n1") == []  # the ring's pull, empty
+        await _rung(hub_core)  # the recheck rings (bounded wait)
+        assert await hub_core.pool.take("n1") == []  # the recheck's pull, empty too
+        # A further recheck would ring RECHECK_S after that pull: give it twenty times as long.
+        await asyncio.sleep(pool_module.RECHECK_S * 20)
+        assert not hub_core.pool.bell.is_set()
+        assert await hub_core.pool.take("n1") == []
     name = subjects.ConsumerName(Priority.NORMAL, Route())
     # the ring's pull and one recheck, both of the rung route
     assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{name.stream}.{name.durable}"] * 2
@@ -581,16 +571,8 @@ async def test_a_rescan_pulls_only_the_routes_that_hold_messages(
     for taker in takers:  # each node's route gets its consumer
         assert await hub_core.pool.take(taker.node) == []
     await submit(hub_core, "for-n3", route=Route(node="n3"), priority=Priority.LOW)
-    pulls: list[str] = []
-
-    async def note(msg: Msg) -> None:
-        pulls.append(msg.subject)
-
-    spy = await hub_core.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=note)
-    handed = [delivery.task_id async for _, delivery in hub_core.pool.fetch(takers)]
-    await hub_core.nc.flush()
-    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
-    await spy.unsubscribe()
+    async with published(hub_core.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
+        handed = [delivery.task_id async for _, delivery in hub_core.pool.fetch(takers)]
     assert handed == ["for-n3"]
     low = subjects.ConsumerName(Priority.LOW, Route(node="n3"))
     assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{low.stream}.{low.durable}"]
@@ -617,17 +599,9 @@ async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
     assert grant.record.id == "t1" and grant.record.node == "n3"
     assert await core.pool.take("n3") == []  # another round: "for-n3" stays where it is
     # the refusal is remembered: later rounds do not ask for that consumer again each time
-    asked: list[str] = []
-
-    async def note(msg: Msg) -> None:
-        asked.append(msg.subject)
-
-    spy = await core.nc.subscribe("$JS.API.CONSUMER.>", cb=note)
-    for _ in range(3):
-        assert await core.pool.take("n3") == []
-    await core.nc.flush()
-    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
-    await spy.unsubscribe()
+    async with published(core.nc, "$JS.API.CONSUMER.>") as asked:
+        for _ in range(3):
+            assert await core.pool.take("n3") == []
     assert not [s for s in asked if "CREATE" in s and s.endswith(".node_n3")]
 
 

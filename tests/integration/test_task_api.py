@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpchub import STEP_S, GrpcHub, RawNode, addr, until, wait_done
+from hubtest import published
 
 from hub.client import ClientError
 from hub.model import Priority
@@ -459,15 +460,7 @@ async def test_the_node_list_reads_keys_without_a_watcher(e2e_hub: GrpcHub) -> N
         return [n.node_id for n in (await client.nodes()).nodes] == ["n1"]
 
     await until(listed)
-    asked: list[str] = []
-
-    async def note(msg: Any) -> None:
-        asked.append(msg.subject)
-
-    spy = await replica.nc.subscribe("$JS.API.CONSUMER.>", cb=note)
-    for _ in range(5):
-        assert await listed()
-    await replica.nc.flush()
-    await asyncio.sleep(0.1)  # (the spy's callbacks run after the flush returns)
-    await spy.unsubscribe()
+    async with published(replica.nc, "$JS.API.CONSUMER.>") as asked:
+        for _ in range(5):
+            assert await listed()
     assert not [s for s in asked if "KV_hub_nodes" in s]
