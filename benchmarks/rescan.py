@@ -6,8 +6,12 @@ its own on every priority, so a rescan that pulled every route cost a round trip
 priority. This runs the pool in this process (embedded NATS, no gRPC, no node processes), with
 `--nodes` takers that each have free slots and an empty pool, forces `--rounds` rescans, and
 reports the median wall time and CPU (this process: the pool) per rescan, and the pulls made.
+With `--busy`, each node first takes one task of its own (a task routed to that node, pulled
+and not acked, so it stays in flight) and still has free slots: its route's subject then holds
+a message, though nothing in it is waiting to be pulled.
 
     python benchmarks/rescan.py --nodes 400 --rounds 20 --reps 3
+    python benchmarks/rescan.py --nodes 400 --rounds 20 --reps 3 --busy
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from _hub import emit_reps, run_reps
 
 from hub.config import Settings
 from hub.journal import Journal
+from hub.model import Route, TaskSpec
 from hub.nats.connection import connect
 from hub.nats.inline import subscribe_inline
 from hub.nats.server import EmbeddedNats
@@ -38,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, default=400, help="idle nodes, each a taker")
     p.add_argument("--rounds", type=int, default=20, help="rescans timed per rep")
+    p.add_argument(
+        "--busy", action="store_true", help="each node first takes one task routed to it"
+    )
     add_rep_flags(p)
     return p.parse_args(argv)
 
@@ -67,6 +75,10 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             await pool.start()
             takers = [Taker(f"node{i:05d}", free=4) for i in range(args.nodes)]
             await _round(pool, takers)  # the first creates what it needs
+            if args.busy:
+                for t in takers:
+                    await pool.submit(TaskSpec("echo", route=Route(node=t.node)))
+                await _round(pool, takers)  # each node's task is pulled and stays in flight
             pulls = 0
 
             def note_pull(_: Any) -> None:
@@ -100,7 +112,8 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reps, loop = run_reps(args, lambda: one_rep(args), digits=2)
-    emit_reps("rescan", args, {"nodes": args.nodes, "rounds": args.rounds}, reps, loop, digits=2)
+    params = {"nodes": args.nodes, "rounds": args.rounds, "busy": args.busy}
+    emit_reps("rescan", args, params, reps, loop, digits=2)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from hub.nats.errors import nats_errors
 from hub.nats.inline import subscribe_inline
 from hub.nats.topology import Topology
 from hub.queue import DeadLetter, Delivery, Queue, Stored
-from hub.scheduling import PriorityScheduler
+from hub.scheduling import PriorityScheduler, Taker, Takers
 
 __all__ = ("Counts", "Grant", "Pool", "Taker")
 
@@ -56,15 +56,6 @@ RECHECK_S = 0.002
 #: A route whose stream had no room for its consumer is tried again after this long, not every
 #: round: each try is a request, and a mesh past the limit may have many such routes.
 REFUSED_RETRY_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Taker:
-    """A node that can take work now: its id, capabilities and free slots."""
-
-    node: str
-    capabilities: frozenset[str] = frozenset()
-    free: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +185,6 @@ class Pool:
 
     # -- offer and claim --------------------------------------------------------------------
 
-    def _routes(self, priority: Priority, takers: Sequence[Taker]) -> list[Route]:
-        routes = [Route(node=t.node) for t in takers]
-        routes += [Route(capabilities=c) for c in sorted(self._cap_routes[priority], key=sorted)]
-        return [*routes, Route()]
-
     async def fetch(self, takers: Sequence[Taker]) -> AsyncIterator[tuple[str, Delivery]]:
         """Pull at most as many tasks as the takers have free slots, priority first.
 
@@ -207,13 +193,13 @@ class Pool:
         task is handed on as its pull answers, not at the end of the round: a task found by a
         round's first pull does not wait for the rest.
         """
-        free = {t.node: t.free for t in takers if t.free > 0}
+        round_ = Takers(takers)
         now = time.monotonic()
         if now - self._scanned_at >= RESCAN_S:
             self._scanned_at = now
             await self._rescan()
         for priority in self.scheduler.order():
-            if not any(free.values()):
+            if not round_:
                 break
             dirty = self._dirty[priority]
             if not dirty:
@@ -221,46 +207,39 @@ class Pool:
                 # route would cost a round trip each (4 priorities x routes per round).
                 self.scheduler.empty(priority)
                 continue
-            rings, got, skipped = self._rings[priority], 0, False
-            routes = self._routes(priority, takers)
+            rings, got = self._rings[priority], 0
+            caps = self._cap_routes[priority]
             if None not in dirty:
-                look = [r for r in routes if r in dirty]
+                look = round_.ordered(dirty, caps)
             elif (held := self._held[priority]) is not None:
-                look = [r for r in routes if r in held or r in dirty]
+                look = round_.ordered(held | dirty, caps)
             else:
-                look = routes
-            drained: set[Route | None] = set(routes)
-            drained.difference_update(look)  # (the routes not looked at hold nothing new)
+                look = round_.routes(caps)
+            undrained: set[Route | None] = set()  # looked at, and may hold more
             for route in look:
-                eligible = [
-                    t
-                    for t in takers
-                    if free.get(t.node, 0) > 0 and route.can_run_on(t.node, t.capabilities)
-                ]
+                eligible = round_.eligible(route)
                 if not eligible:
-                    skipped = True  # not looked at: it may hold work for a taker to come
+                    undrained.add(route)  # not looked at: it may hold work for a taker to come
                     continue
                 name = await self._consumer(priority, route)
                 if name is None:  # no consumer, so nothing to pull
-                    drained.add(route)
                     continue
-                batch = sum(free[t.node] for t in eligible)
+                batch = sum(round_.free[t.node] for t in eligible)
                 rung = route in dirty
                 pulled = await self.queue.pull(name, batch)
-                if len(pulled) < batch:
-                    drained.add(route)
+                if len(pulled) == batch:
+                    undrained.add(route)
                 if rung and not pulled:
                     self._recheck(priority, route)
                 for delivery in pulled:
-                    taker = max(eligible, key=lambda t: free[t.node])
-                    free[taker.node] -= 1
                     got += 1
-                    yield taker.node, delivery
+                    yield round_.give(eligible), delivery
             if self._rings[priority] == rings:
-                if not skipped and drained.issuperset(routes):
+                # (a rung route that no taker here can run is left to the rescan)
+                if undrained:
+                    dirty.intersection_update({*undrained, None})
+                else:
                     dirty.clear()
-                else:  # (a rung route no taker here can run is left to the rescan)
-                    dirty.intersection_update({*routes, None} - drained)
             if got:
                 self.scheduler.served(priority, got)
             else:

@@ -1,16 +1,97 @@
-"""Which priority stream to pull from next: strict order with an anti-starvation guarantee.
+"""Who gets work next: which priority stream to pull from, and which nodes a route's tasks
+may go to.
 
 Strict priority alone lets sustained ``critical`` load starve ``low`` for ever. Each priority
 keeps a count of dispatches that went to others since it was last served; once a count reaches
 the limit, that priority goes first in the next sweep. So under any load, a waiting task of a
 lower priority is passed over at most ``limit`` dispatches at a time.
+
+Within a priority, a round looks at routes in one order (the takers' own routes, then the
+capability routes, then "any") and gives each task to the eligible taker with the most free
+slots. ``Takers`` answers both from an index, so a round costs in proportion to its takers
+plus the routes it looks at, not to their product.
 """
 
 from __future__ import annotations
 
-from hub.model import Priority
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-__all__ = ("PriorityScheduler",)
+from hub.model import Priority, Route
+
+__all__ = ("PriorityScheduler", "Taker", "Takers")
+
+
+@dataclass(frozen=True, slots=True)
+class Taker:
+    """A node that can take work now: its id, capabilities and free slots."""
+
+    node: str
+    capabilities: frozenset[str] = frozenset()
+    free: int = 1
+
+
+class Takers:
+    """One dispatch round's takers: the routes they can run, in the round's order, and their
+    free slots as the round hands tasks out. Pure; no I/O."""
+
+    def __init__(self, takers: Sequence[Taker]) -> None:
+        self._takers = list(takers)
+        self._place = {t.node: i for i, t in enumerate(self._takers)}
+        self._by_node = {t.node: t for t in self._takers}
+        self.free = {t.node: t.free for t in self._takers if t.free > 0}
+        self._left = sum(self.free.values())
+
+    def __bool__(self) -> bool:
+        """Whether any taker still has a free slot."""
+        return self._left > 0
+
+    def routes(self, capability_sets: Iterable[frozenset[str]]) -> list[Route]:
+        """Every route this round may pull, in its order."""
+        routes = [Route(node=t.node) for t in self._takers]
+        routes += [Route(capabilities=c) for c in sorted(capability_sets, key=sorted)]
+        return [*routes, Route()]
+
+    def ordered(
+        self, routes: Iterable[Route | None], capability_sets: Iterable[frozenset[str]]
+    ) -> list[Route]:
+        """Those of ``routes`` that ``self.routes(capability_sets)`` holds, in its order; the
+        others (a node not among the takers, an unknown capability set) are left out."""
+        caps = set(capability_sets)
+        known: list[tuple[tuple[int, int, tuple[str, ...]], Route]] = []
+        for route in routes:
+            if route is None:
+                continue
+            if route.node:
+                place = self._place.get(route.node)
+                if place is not None:
+                    known.append(((0, place, ()), route))
+            elif route.capabilities:
+                if route.capabilities in caps:
+                    known.append(((1, 0, tuple(sorted(route.capabilities))), route))
+            else:
+                known.append(((2, 0, ()), route))
+        known.sort(key=lambda pair: pair[0])
+        return [route for _, route in known]
+
+    def eligible(self, route: Route) -> list[Taker]:
+        """The takers with a free slot that may run ``route``'s tasks: a lookup for a node's
+        own route, one pass over the takers for a capability route or "any"."""
+        if route.node:
+            taker = self._by_node.get(route.node)
+            return [taker] if taker is not None and self.free.get(taker.node, 0) > 0 else []
+        return [
+            t
+            for t in self._takers
+            if self.free.get(t.node, 0) > 0 and route.capabilities <= t.capabilities
+        ]
+
+    def give(self, eligible: Sequence[Taker]) -> str:
+        """One task to the eligible taker with the most free slots (the first among equals)."""
+        taker = max(eligible, key=lambda t: self.free[t.node])
+        self.free[taker.node] -= 1
+        self._left -= 1
+        return taker.node
 
 
 class PriorityScheduler:

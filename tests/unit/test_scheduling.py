@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.model import Priority
-from hub.scheduling import PriorityScheduler
+from hub.model import Priority, Route
+from hub.scheduling import PriorityScheduler, Taker, Takers
 
 P = list(Priority)
 
@@ -89,3 +89,61 @@ def test_no_priority_waits_more_than_limit_plus_three_dispatches(
         for p in P:
             if not queues[p]:
                 waited[p] = 0
+
+
+# -- Takers: a round's routes and eligibility, from an index ----------------------------------
+
+NODES = [f"n{i}" for i in range(6)]
+CAPS = ["gpu", "cpu", "big"]
+capability_sets = st.frozensets(st.sampled_from(CAPS), min_size=1)
+takers_st = st.lists(
+    st.builds(
+        Taker,
+        node=st.sampled_from(NODES),
+        capabilities=st.frozensets(st.sampled_from(CAPS)),
+        free=st.integers(0, 3),
+    ),
+    unique_by=lambda t: t.node,
+)
+routes_st = st.one_of(
+    st.just(Route()),
+    st.builds(Route, node=st.sampled_from([*NODES, "elsewhere"])),
+    st.builds(Route, capabilities=capability_sets),
+)
+
+
+def brute_eligible(takers: list[Taker], free: dict[str, int], route: Route) -> list[Taker]:
+    """Every taker checked against the route: what a round did before the index."""
+    return [
+        t for t in takers if free.get(t.node, 0) > 0 and route.can_run_on(t.node, t.capabilities)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    takers=takers_st,
+    caps=st.sets(capability_sets, max_size=4),
+    wanted=st.sets(st.one_of(st.none(), routes_st), max_size=8),
+    gives=st.lists(routes_st, max_size=12),
+)
+def test_takers_answer_as_a_check_of_every_taker_would(
+    takers: list[Taker],
+    caps: set[frozenset[str]],
+    wanted: set[Route | None],
+    gives: list[Route],
+) -> None:
+    index = Takers(takers)
+    every = index.routes(caps)
+    assert every[-1] == Route() and len(every) == len(set(every)) == len(takers) + len(caps) + 1
+    assert index.ordered(wanted, caps) == [r for r in every if r in wanted]
+    free = {t.node: t.free for t in takers if t.free > 0}
+    for route in gives:  # as a round hands tasks out, the index follows the free slots
+        eligible = index.eligible(route)
+        assert eligible == brute_eligible(takers, free, route)
+        assert bool(index) == any(free.values())
+        if eligible:
+            most = max(free[t.node] for t in eligible)
+            node = index.give(eligible)
+            assert free[node] == most
+            free[node] -= 1
+        assert index.free == free
