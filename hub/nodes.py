@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from hub.config import Settings
 from hub.errors import HubError, TaskExpired, TaskNotFound
+from hub.model import Priority
 from hub.nats import subjects
 from hub.nats.inline import subscribe_inline
 from hub.pool import Grant, Pool, Taker
@@ -56,6 +57,9 @@ class NodeSession:
     reported_free: int | None = None
     kinds: frozenset[str] = frozenset()  # kinds granted at once, without an offer
     claiming: int = 0  # direct claims in progress (each will take a slot)
+    # task id -> priority, for tasks routed to this node by name granted here; an entry
+    # counts while its task is held (see own), and is dropped once it is not
+    pinned: dict[str, Priority] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -64,6 +68,27 @@ class NodeSession:
         if self.reported_free is not None:
             free = min(free, self.reported_free - pending)
         return max(free, 0)
+
+    def granted(self, delivery: Delivery, attempt: int) -> None:
+        self.held[delivery.task_id] = attempt
+        if delivery.route.node == self.node:
+            self.pinned[delivery.task_id] = delivery.priority
+
+    def own(self) -> dict[Priority, int]:
+        """Per priority, the tasks routed to this node that it holds or has on offer: their
+        messages are in flight to it, so its route's subject holds at least that many."""
+        counts: dict[Priority, int] = {}
+        if not self.pinned and not self.offered:
+            return counts
+        for task_id, priority in list(self.pinned.items()):
+            if task_id in self.held:
+                counts[priority] = counts.get(priority, 0) + 1
+            else:
+                del self.pinned[task_id]
+        for delivery in self.offered.values():
+            if delivery.route.node == self.node:
+                counts[delivery.priority] = counts.get(delivery.priority, 0) + 1
+        return counts
 
 
 class Nodes:
@@ -126,7 +151,9 @@ class Nodes:
     async def dispatch_once(self) -> int:
         """One round: fetch for every session with free slots and offer what came back."""
         takers = [
-            Taker(s.node, s.capabilities, s.free) for s in self.sessions.values() if s.free > 0
+            Taker(s.node, s.capabilities, s.free, s.own())
+            for s in self.sessions.values()
+            if s.free > 0
         ]
         if not takers:
             return 0
@@ -171,7 +198,7 @@ class Nodes:
             # The stream ended while claiming: the task is the node's, as after any detach.
             self.spawn(self._after_grace(session.node, {delivery.task_id: attempt}, time.time()))
             return
-        session.held[delivery.task_id] = attempt
+        session.granted(delivery, attempt)
         session.send(Notice("grant", delivery.task_id, attempt, grant=grant))
 
     def _lapse(self, session: NodeSession, task_id: str) -> None:
@@ -261,7 +288,7 @@ class Nodes:
         if grant is None:
             self.kick.set()
             return "task no longer available"
-        session.held[task_id] = grant.record.attempt
+        session.granted(delivery, grant.record.attempt)
         return grant
 
     async def decline(self, session: NodeSession, task_id: str) -> None:

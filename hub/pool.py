@@ -108,7 +108,7 @@ class Pool:
         self._rings: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._rechecked: set[tuple[Priority, Route]] = set()
         self._scanned_at = 0.0
-        self._held: dict[Priority, set[Route] | None] = dict.fromkeys(Priority)
+        self._held: dict[Priority, dict[Route, int] | None] = dict.fromkeys(Priority)
         self._refused: dict[tuple[Priority, Route], float] = {}  # route -> when it was refused
 
     async def start(self) -> None:
@@ -212,7 +212,7 @@ class Pool:
             if None not in dirty:
                 look = round_.ordered(dirty, caps)
             elif (held := self._held[priority]) is not None:
-                look = round_.ordered(held | dirty, caps)
+                look = round_.ordered(round_.waiting(priority, held).union(dirty), caps)
             else:
                 look = round_.routes(caps)
             undrained: set[Route | None] = set()  # looked at, and may hold more

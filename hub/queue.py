@@ -220,9 +220,10 @@ class Queue:
             closed=lambda: self.nc.is_closed,
         )
 
-    async def held_routes(self, priority: Priority) -> set[Route] | None:
+    async def held_routes(self, priority: Priority) -> dict[Route, int] | None:
         """The routes whose subjects hold messages in a priority's stream (queued, in flight or
-        waiting out a delayed nak), from one stream-info request; None without an answer.
+        waiting out a delayed nak), with how many; from one stream-info request, None without
+        an answer.
 
         A rescan pulls only these: the others hold nothing, however many nodes have routes.
         """
@@ -235,10 +236,10 @@ class Queue:
         except (nats.errors.Error, ValueError) as exc:
             log.debug("stream subjects of %s: %s", priority.label, exc)
             return None
-        routes = set()
-        for subject in held:
+        routes = {}
+        for subject, count in held.items():
             with contextlib.suppress(InvalidTask):  # (not a subject the hub writes to)
-                routes.add(subjects.parse_task_subject(subject)[1])
+                routes[subjects.parse_task_subject(subject)[1]] = count
         return routes
 
     async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:

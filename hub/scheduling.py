@@ -14,8 +14,8 @@ plus the routes it looks at, not to their product.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from hub.model import Priority, Route
 
@@ -24,11 +24,14 @@ __all__ = ("PriorityScheduler", "Taker", "Takers")
 
 @dataclass(frozen=True, slots=True)
 class Taker:
-    """A node that can take work now: its id, capabilities and free slots."""
+    """A node that can take work now: its id, capabilities and free slots, and per priority
+    how many tasks routed to it by name it holds (their messages are in flight, not waiting:
+    fewer is safe, it only costs a pull)."""
 
     node: str
     capabilities: frozenset[str] = frozenset()
     free: int = 1
+    own: Mapping[Priority, int] = field(default_factory=dict)
 
 
 class Takers:
@@ -73,6 +76,18 @@ class Takers:
                 known.append(((2, 0, ()), route))
         known.sort(key=lambda pair: pair[0])
         return [route for _, route in known]
+
+    def waiting(self, priority: Priority, held: Mapping[Route, int]) -> set[Route]:
+        """The routes of ``held`` (route -> messages its subject holds) that may have a message
+        to pull: all but a taker's own route when its messages are no more than the tasks of
+        that route the taker holds. So a rescan does not pull every busy node's route."""
+        return {
+            route
+            for route, count in held.items()
+            if not route.node
+            or (taker := self._by_node.get(route.node)) is None
+            or count > taker.own.get(priority, 0)
+        }
 
     def eligible(self, route: Route) -> list[Taker]:
         """The takers with a free slot that may run ``route``'s tasks: a lookup for a node's

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from grpchub import STEP_S, GrpcHub, addr, until, wait_done
+from hubtest import published
 
+from hub import pool as pool_module
 from hub.client import ClientError
 from hub.grpc.convert import priority_to_pb
 from hub.model import Priority
@@ -145,6 +147,35 @@ async def test_dispatch_goes_on_after_a_round_that_failed_unexpectedly(
     done = await e2e_hub.client(replica).submit("echo", b"still served", wait_s=STEP_S)
     assert done.done and done.task.status == common_pb2.SUCCEEDED
     assert rounds >= 2
+
+
+async def test_a_busy_nodes_own_route_is_not_pulled_at_every_rescan(
+    e2e_hub: GrpcHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node running a task routed to it, with a slot to spare: its route's subject holds
+    that task, and the rescans (twice a second) know the node holds it, so they do not pull
+    the route each time (with thousands of busy nodes, thousands of empty pulls)."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round is a rescan
+    replica = await e2e_hub.replica()
+    release = asyncio.Event()
+
+    async def held_until_released(ctx: TaskContext) -> str:
+        await release.wait()
+        return "done"
+
+    await e2e_hub.node(addr(replica), "node-a", {"hold": held_until_released}, slots=2)
+    client = e2e_hub.client(replica)
+    task_id = (await client.submit("hold", b"", node="node-a")).task.task_id
+
+    async def running() -> bool:
+        return (await client.get(task_id)).status == common_pb2.RUNNING
+
+    await until(running, timeout_s=STEP_S)
+    async with published(replica.pool.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
+        await asyncio.sleep(1.2)  # the dispatch loop's timer: at least two rounds
+    release.set()
+    assert (await wait_done(client, task_id)).status == common_pb2.SUCCEEDED
+    assert pulls == []
 
 
 async def test_wait_on_a_task_past_its_result_ttl_says_expired(e2e_hub: GrpcHub) -> None:

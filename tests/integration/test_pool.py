@@ -578,6 +578,38 @@ async def test_a_rescan_pulls_only_the_routes_that_hold_messages(
     assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{low.stream}.{low.durable}"]
 
 
+async def test_a_rescan_does_not_pull_a_busy_nodes_route_that_holds_only_its_own_tasks(
+    hub_core: Core, make_core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task routed to a node stays in its route's subject while the node runs it, so the
+    subject alone would have every rescan pull every busy node's route, with nothing to find.
+    What the node holds is subtracted; a task more than that is pulled."""
+    monkeypatch.setattr(pool_module, "RESCAN_S", 0.0)  # every round is a rescan
+    monkeypatch.setattr(pool_module, "RECHECK_S", 3600.0)  # no second look during the test
+    await submit(hub_core, "a", route=Route(node="n3"))
+    grants = await hub_core.pool.take("n3", slots=2)  # (a short batch: the route is drained)
+    assert [g.record.id for g in grants] == ["a"]  # in flight to n3 from now on
+    n3 = subjects.ConsumerName(Priority.NORMAL, Route(node="n3"))
+    pull_n3 = f"$JS.API.CONSUMER.MSG.NEXT.{n3.stream}.{n3.durable}"
+    busy = Taker("n3", free=1, own={Priority.NORMAL: 1})
+    async with published(hub_core.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
+        assert [d async for _, d in hub_core.pool.fetch([busy])] == []
+    assert pulls == []
+    async with published(hub_core.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
+        assert [d async for _, d in hub_core.pool.fetch([Taker("n3", free=1)])] == []
+    assert pulls == [pull_n3]  # (not knowing what n3 holds: the route is pulled, as before)
+    # A second task for n3 that this replica will not hear rung: another replica takes it
+    # (the ring's pull here finds nothing) and hands it back.
+    other = await make_core()
+    await submit(hub_core, "b", route=Route(node="n3"))
+    await _rung(hub_core)
+    grant = await take_one(other.pool, "n3", timeout_s=5)
+    assert [d async for _, d in hub_core.pool.fetch([busy])] == []
+    await other.pool.release("b", grant.record.attempt, reason="drain", counts=False)
+    handed = [d.task_id async for _, d in hub_core.pool.fetch([busy])]
+    assert handed == ["b"]  # two messages in the subject, one held by n3: the other is pulled
+
+
 async def test_a_node_past_the_streams_consumer_limit_still_gets_work(
     make_core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
