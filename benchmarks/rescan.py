@@ -1,24 +1,32 @@
-"""A rescan with many nodes: what one dispatch round that looks at every priority costs.
+"""Dispatch rounds with many nodes: what one round costs a replica, by the number of nodes.
 
-Every RESCAN_S (0.5 s) a replica's dispatch round looks at every priority again, for the work
-no doorbell announced (redeliveries, another replica's hand-backs). Each node has a route of
-its own on every priority, so a rescan that pulled every route cost a round trip per node and
-priority. This runs the pool in this process (embedded NATS, no gRPC, no node processes), with
-`--nodes` takers that each have free slots and an empty pool, forces `--rounds` rescans, and
-reports the median wall time and CPU (this process: the pool) per rescan, and the pulls made.
-With `--busy`, each node first takes one task of its own (a task routed to that node, pulled
-and not acked, so it stays in flight) and still has free slots: its route's subject then holds
-a message, though nothing in it is waiting to be pulled (the takers say they hold it).
+A replica's dispatch loop runs a round whenever a task is stored (the doorbell), a slot frees
+or an offer is made, and every RESCAN_S (0.5 s) a round is a rescan: it looks at every
+priority again, for the work no doorbell announced (redeliveries, another replica's
+hand-backs). Each node has a route of its own on every priority. This runs a replica's pool and
+node sessions in this process (embedded NATS, no gRPC, no node processes: each session's
+messages go nowhere), with `--nodes` attached nodes that each have free slots and an empty
+pool, times `--rounds` rounds of `Nodes.dispatch_once`, and reports the median wall time and
+CPU (this process: the replica) per round in µs, and the pulls made.
+
+- `--round rescan` (the default): every round is a rescan.
+- `--round rung`: one task for any node stored before each round, its doorbell heard, and
+  no rescan due: the round each task starts.
+- `--round idle`: no rescan due and nothing rung, as for the wake-ups of a slot freed or an
+  offer made, the most frequent rounds at one task in flight.
+- `--busy`: each node first runs one task routed to it (granted and not finished), and still
+  has free slots. Its route's subject then holds that task's message, though nothing in it is
+  waiting to be pulled.
 
     python benchmarks/rescan.py --nodes 400 --rounds 20 --reps 3
-    python benchmarks/rescan.py --nodes 400 --rounds 20 --reps 3 --busy
+    python benchmarks/rescan.py --nodes 2000 --rounds 10 --reps 3 --busy
+    python benchmarks/rescan.py --nodes 2000 --rounds 100 --reps 3 --round rung
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
+import asyncio
 import sys
 import tempfile
 import time
@@ -31,34 +39,60 @@ from _hub import emit_reps, run_reps
 
 from hub.config import Settings
 from hub.journal import Journal
-from hub.model import Priority, Route, TaskSpec
+from hub.model import Route, TaskSpec
 from hub.nats.connection import connect
 from hub.nats.inline import subscribe_inline
 from hub.nats.server import EmbeddedNats
 from hub.nats.topology import Topology
-from hub.pool import Pool, Taker
+from hub.nodes import Nodes, NodeSession
+from hub.pool import Pool
 from hub.queue import Queue
+
+#: How long the busy set-up may take to grant every node its task.
+BUSY_TIMEOUT_S = 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--nodes", type=int, default=400, help="idle nodes, each a taker")
-    p.add_argument("--rounds", type=int, default=20, help="rescans timed per rep")
+    p.add_argument("--nodes", type=int, default=400, help="attached nodes, each with free slots")
+    p.add_argument("--rounds", type=int, default=20, help="rounds timed per rep")
     p.add_argument(
-        "--busy", action="store_true", help="each node first takes one task routed to it"
+        "--round", choices=("rescan", "rung", "idle"), default="rescan", help="which rounds"
     )
+    p.add_argument("--busy", action="store_true", help="each node first runs a task routed to it")
     add_rep_flags(p)
     return p.parse_args(argv)
 
 
-async def _round(pool: Pool, takers: list[Taker]) -> None:
-    pool._scanned_at = 0.0  # a rescan is due
-    handed = pool.fetch(takers)  # (an async generator; a list before 946fb90)
-    if inspect.isasyncgen(handed):
-        async for _ in handed:
-            pass
-    else:
-        await handed
+async def _busy(pool: Pool, nodes: Nodes) -> None:
+    """Give every node one task routed to it, granted through the dispatch round (so the
+    session holds it, as a node running it would), and wait until each holds it."""
+    for node in nodes.sessions:
+        await pool.submit(TaskSpec("echo", route=Route(node=node)))
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while any(len(s.held) < 1 for s in nodes.sessions.values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the nodes' tasks were not all granted")
+        pool._scanned_at = 0.0  # (a bell may have rung before its task was visible)
+        await nodes.dispatch_once()
+        await asyncio.sleep(0.05)
+
+
+async def _finish(pool: Pool, nodes: Nodes, task_id: str) -> None:
+    """Wait until a node holds the task (another, untimed round if the timed one missed it),
+    then let it finish, so the nodes' slots stay free round after round."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        for session in nodes.sessions.values():
+            if task_id in session.held:
+                nodes.finished(session, task_id)
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} was not granted")
+        if not any(s.claiming for s in nodes.sessions.values()):
+            pool._scanned_at = 0.0
+            await nodes.dispatch_once()
+        await asyncio.sleep(0.005)
 
 
 async def one_rep(args: argparse.Namespace) -> dict[str, float]:
@@ -74,14 +108,16 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             journal = Journal(nc, js, settings)
             pool = Pool(nc, topology, journal, Queue(nc, js, settings), settings)
             await pool.start()
-            takers = [Taker(f"node{i:05d}", free=4) for i in range(args.nodes)]
-            await _round(pool, takers)  # the first creates what it needs
+            nodes = Nodes(pool, settings, "bench")
+            for i in range(args.nodes):
+                node = f"node{i:05d}"
+                session = NodeSession(
+                    node, frozenset(), 4, lambda _: None, kinds=frozenset({"echo"})
+                )
+                nodes.sessions[node] = session
+            await nodes.dispatch_once()  # the first is a rescan, and creates the consumers
             if args.busy:
-                for t in takers:
-                    await pool.submit(TaskSpec("echo", route=Route(node=t.node)))
-                await _round(pool, takers)  # each node's task is pulled and stays in flight
-                if "own" in {f.name for f in dataclasses.fields(Taker)}:  # (not before 2026-11-24)
-                    takers = [dataclasses.replace(t, own={Priority.NORMAL: 1}) for t in takers]
+                await _busy(pool, nodes)
             pulls = 0
 
             def note_pull(_: Any) -> None:
@@ -92,18 +128,29 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             pull_requests = "$JS.API.CONSUMER.MSG.NEXT.>"
             spy = await subscribe_inline(nc, pull_requests, note_pull, headers=False)
             await nc.flush()
-            walls, cpus = [], []
+            walls, cpus, round_pulls = [], [], 0
             for _ in range(args.rounds):
+                pool.bell.clear()  # (a round that offered something rings it again)
+                if args.round == "rung":
+                    record, _ = await pool.submit(TaskSpec("echo"))
+                    await asyncio.wait_for(pool.bell.wait(), BUSY_TIMEOUT_S)
+                # a rescan is due, or none is (and none rang unless `rung`: the pool is empty)
+                pool._scanned_at = 0.0 if args.round == "rescan" else time.monotonic()
+                before = pulls
                 t0, c0 = time.perf_counter(), time.process_time()
-                await _round(pool, takers)
+                await nodes.dispatch_once()
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
-            await nc.flush()
+                await nc.flush()
+                round_pulls += pulls - before  # (not those of _finish)
+                if args.round == "rung":
+                    await _finish(pool, nodes, record.id)
             await spy.unsubscribe()
+            await nodes.close()
             return {
-                "rescan_ms": median(walls) * 1e3,
-                "rescan_cpu_ms": median(cpus) * 1e3,
-                "pulls_per_rescan": pulls / args.rounds,
+                "round_us": median(walls) * 1e6,
+                "round_cpu_us": median(cpus) * 1e6,
+                "pulls_per_round": round_pulls / args.rounds,
             }
         finally:
             await nc.close()
@@ -114,9 +161,9 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    reps, loop = run_reps(args, lambda: one_rep(args), digits=2)
-    params = {"nodes": args.nodes, "rounds": args.rounds, "busy": args.busy}
-    emit_reps("rescan", args, params, reps, loop, digits=2)
+    reps, loop = run_reps(args, lambda: one_rep(args), digits=1)
+    params = {"nodes": args.nodes, "rounds": args.rounds, "round": args.round, "busy": args.busy}
+    emit_reps("rescan", args, params, reps, loop, digits=1)
 
 
 if __name__ == "__main__":

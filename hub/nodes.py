@@ -150,10 +150,12 @@ class Nodes:
 
     async def dispatch_once(self) -> int:
         """One round: fetch for every session with free slots and offer what came back."""
+        if not self.pool.due():
+            return 0
         takers = [
-            Taker(s.node, s.capabilities, s.free, s.own())
+            Taker(s.node, s.capabilities, free, s.own())
             for s in self.sessions.values()
-            if s.free > 0
+            if (free := s.free) > 0
         ]
         if not takers:
             return 0

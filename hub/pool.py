@@ -185,6 +185,12 @@ class Pool:
 
     # -- offer and claim --------------------------------------------------------------------
 
+    def due(self) -> bool:
+        """Whether a round could pull anything now: a route rung or handed back, or a rescan
+        due. A round that could not is skipped before its takers are listed, a pass over every
+        attached node (most wake-ups are a slot freed or an offer made, with nothing rung)."""
+        return any(self._dirty.values()) or time.monotonic() - self._scanned_at >= RESCAN_S
+
     async def fetch(self, takers: Sequence[Taker]) -> AsyncIterator[tuple[str, Delivery]]:
         """Pull at most as many tasks as the takers have free slots, priority first.
 

@@ -287,14 +287,22 @@ def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}
 
 
-@pytest.mark.parametrize("busy", [False, True])
-def test_rescan_ends_with_a_json_result(busy: bool) -> None:
-    argv = ["rescan.py", "--nodes", "3", "--rounds", "2", "--reps", "1"]
+@pytest.mark.parametrize(
+    ("kind", "busy", "pulls"),
+    [
+        ("rescan", False, 0),  # an empty pool: no route holds a message
+        ("rescan", True, 0),  # each node's route holds only the task that node runs
+        ("rung", False, 1),  # the rung route, once
+        ("idle", True, 0),
+    ],
+)
+def test_rescan_ends_with_a_json_result(kind: str, busy: bool, pulls: int) -> None:
+    argv = ["rescan.py", "--nodes", "3", "--rounds", "2", "--reps", "1", "--round", kind]
     result = run_bench(argv + ["--busy"] * busy)
-    assert result["bench"] == "rescan" and result["nodes"] == 3 and result["busy"] is busy
-    assert result["rescan_ms"] > 0
-    # empty: no route holds a message; busy: each node's route holds only the task it runs
-    assert result["pulls_per_rescan"] == 0
+    assert result["bench"] == "rescan" and result["nodes"] == 3
+    assert result["round"] == kind and result["busy"] is busy
+    assert result["round_us"] > 0
+    assert result["pulls_per_round"] == pulls
 
 
 def test_timeline_matches_every_step_of_the_path() -> None:

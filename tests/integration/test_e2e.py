@@ -178,6 +178,39 @@ async def test_a_busy_nodes_own_route_is_not_pulled_at_every_rescan(
     assert pulls == []
 
 
+async def test_a_wake_up_with_nothing_to_pull_lists_no_takers(
+    e2e_hub: GrpcHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most wake-ups of the dispatch loop are a slot freed or an offer made, with nothing rung
+    and no rescan due. Listing the takers is a pass over every attached node (about 1 µs
+    each), so such a round ends before it; a stored task still starts one."""
+    replica = await e2e_hub.replica()
+    await e2e_hub.node(addr(replica), "worker", {"echo": reporter("worker")})
+    client = e2e_hub.client(replica)
+    assert (await client.submit("echo", b"first", wait_s=STEP_S)).done
+    monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
+
+    async def settled() -> bool:  # the first task's rounds and second looks are over
+        return not replica.pool.due()
+
+    await until(settled, timeout_s=STEP_S)
+    fetch, fetches = replica.pool.fetch, 0
+
+    def counted(takers: Any) -> Any:
+        nonlocal fetches
+        fetches += 1
+        return fetch(takers)
+
+    monkeypatch.setattr(replica.pool, "fetch", counted)
+    for _ in range(5):
+        replica.nodes.kick.set()
+        await asyncio.sleep(0.02)
+    assert fetches == 0
+    done = await client.submit("echo", b"second", wait_s=STEP_S)
+    assert done.done and done.task.status == common_pb2.SUCCEEDED
+    assert fetches >= 1
+
+
 async def test_wait_on_a_task_past_its_result_ttl_says_expired(e2e_hub: GrpcHub) -> None:
     replica = await e2e_hub.replica(result_ttl_s=2.0)
     await e2e_hub.node(addr(replica), "worker", {"echo": reporter("worker")})
