@@ -24,8 +24,9 @@ from hub.errors import HubError, TaskExpired, TaskNotFound
 from hub.model import Priority
 from hub.nats import subjects
 from hub.nats.inline import subscribe_inline
-from hub.pool import Grant, Pool, Taker
+from hub.pool import Grant, Pool
 from hub.queue import Delivery
+from hub.scheduling import Taker
 
 __all__ = ("NodeSession", "Nodes", "Notice")
 
@@ -70,6 +71,8 @@ class NodeSession:
         return max(free, 0)
 
     def granted(self, delivery: Delivery, attempt: int) -> None:
+        """The node holds the task now. One routed to it by name is noted with its priority:
+        its message stays in the route's subject until it ends (see own)."""
         self.held[delivery.task_id] = attempt
         if delivery.route.node == self.node:
             self.pinned[delivery.task_id] = delivery.priority

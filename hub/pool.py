@@ -40,7 +40,7 @@ from hub.nats.topology import Topology
 from hub.queue import DeadLetter, Delivery, Queue, Stored
 from hub.scheduling import PriorityScheduler, Taker, Takers
 
-__all__ = ("Counts", "Grant", "Pool", "Taker")
+__all__ = ("Counts", "Grant", "Pool")
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ class Takers:
     def __init__(self, takers: Sequence[Taker]) -> None:
         self._takers = list(takers)
         self._place = {t.node: i for i, t in enumerate(self._takers)}
-        self._by_node = {t.node: t for t in self._takers}
         self.free = {t.node: t.free for t in self._takers if t.free > 0}
         self._left = sum(self.free.values())
 
@@ -85,16 +84,16 @@ class Takers:
             route
             for route, count in held.items()
             if not route.node
-            or (taker := self._by_node.get(route.node)) is None
-            or count > taker.own.get(priority, 0)
+            or (place := self._place.get(route.node)) is None
+            or count > self._takers[place].own.get(priority, 0)
         }
 
     def eligible(self, route: Route) -> list[Taker]:
         """The takers with a free slot that may run ``route``'s tasks: a lookup for a node's
         own route, one pass over the takers for a capability route or "any"."""
         if route.node:
-            taker = self._by_node.get(route.node)
-            return [taker] if taker is not None and self.free.get(taker.node, 0) > 0 else []
+            place = self._place.get(route.node)
+            return [self._takers[place]] if place is not None and self.free.get(route.node) else []
         return [
             t
             for t in self._takers

@@ -23,7 +23,7 @@ from hub.errors import (
 )
 from hub.model import Priority, Route, Status, TaskSpec
 from hub.nats import subjects
-from hub.pool import Taker
+from hub.scheduling import Taker
 
 
 async def submit(core: Core, task_id: str, **kwargs) -> None:
