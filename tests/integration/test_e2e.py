@@ -190,7 +190,12 @@ async def test_a_wake_up_with_nothing_to_pull_lists_no_takers(
     assert (await client.submit("echo", b"first", wait_s=STEP_S)).done
     monkeypatch.setattr(pool_module, "RESCAN_S", 3600.0)
 
-    async def settled() -> bool:  # the first task's rounds and second looks are over
+    async def settled() -> bool:
+        """The first task's rounds are over, and so is the second look an empty rung pull
+        schedules (RECHECK_S, 2 ms): nothing due now, nor a moment later."""
+        if replica.pool.due():
+            return False
+        await asyncio.sleep(0.05)
         return not replica.pool.due()
 
     await until(settled, timeout_s=STEP_S)
