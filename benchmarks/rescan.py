@@ -10,8 +10,9 @@ pool, times `--rounds` rounds of `Nodes.dispatch_once`, and reports the median w
 CPU (this process: the replica) per round in µs, and the pulls made.
 
 - `--round rescan` (the default): every round is a rescan.
-- `--round rung`: one task for any node stored before each round, its doorbell heard, and
-  no rescan due: the round each task starts.
+- `--round rung`: `--batch` tasks (1) for any node stored before each round, their
+  doorbells heard, and no rescan due: the round each task starts at low load, or a busy
+  round's share of tasks.
 - `--round idle`: no rescan due and nothing rung, as for the wake-ups of a slot freed or an
   offer made, the most frequent rounds at one task in flight.
 - `--busy`: each node first runs one task routed to it (granted and not finished), and still
@@ -21,6 +22,7 @@ CPU (this process: the replica) per round in µs, and the pulls made.
     python benchmarks/rescan.py --nodes 400 --rounds 20 --reps 3
     python benchmarks/rescan.py --nodes 2000 --rounds 10 --reps 3 --busy
     python benchmarks/rescan.py --nodes 2000 --rounds 100 --reps 3 --round rung
+    python benchmarks/rescan.py --nodes 2000 --rounds 30 --reps 3 --round rung --batch 64
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from _hub import emit_reps, run_reps
 
 from hub.config import Settings
 from hub.journal import Journal
-from hub.model import Route, TaskSpec
+from hub.model import Priority, Route, TaskSpec
 from hub.nats.connection import connect
 from hub.nats.inline import subscribe_inline
 from hub.nats.server import EmbeddedNats
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round", choices=("rescan", "rung", "idle"), default="rescan", help="which rounds"
     )
     p.add_argument("--busy", action="store_true", help="each node first runs a task routed to it")
+    p.add_argument("--batch", type=int, default=1, help="tasks stored before each rung round")
     add_rep_flags(p)
     return p.parse_args(argv)
 
@@ -76,6 +79,15 @@ async def _busy(pool: Pool, nodes: Nodes) -> None:
         pool._scanned_at = 0.0  # (a bell may have rung before its task was visible)
         await nodes.dispatch_once()
         await asyncio.sleep(0.05)
+
+
+async def _rung(pool: Pool, rings: int) -> None:
+    """Wait until the doorbell has rung for every task stored (bounded)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while pool._rings[Priority.NORMAL] < rings:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the doorbell did not ring for every task")
+        await asyncio.sleep(0.001)
 
 
 async def _finish(pool: Pool, nodes: Nodes, task_id: str) -> None:
@@ -132,8 +144,11 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             for _ in range(args.rounds):
                 pool.bell.clear()  # (a round that offered something rings it again)
                 if args.round == "rung":
-                    record, _ = await pool.submit(TaskSpec("echo"))
-                    await asyncio.wait_for(pool.bell.wait(), BUSY_TIMEOUT_S)
+                    rings = pool._rings[Priority.NORMAL]
+                    stored = [
+                        (await pool.submit(TaskSpec("echo")))[0].id for _ in range(args.batch)
+                    ]
+                    await _rung(pool, rings + args.batch)
                 # a rescan is due, or none is (and none rang unless `rung`: the pool is empty)
                 pool._scanned_at = 0.0 if args.round == "rescan" else time.monotonic()
                 before = pulls
@@ -144,7 +159,8 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
                 await nc.flush()
                 round_pulls += pulls - before  # (not those of _finish)
                 if args.round == "rung":
-                    await _finish(pool, nodes, record.id)
+                    for task_id in stored:
+                        await _finish(pool, nodes, task_id)
             await spy.unsubscribe()
             await nodes.close()
             return {
@@ -162,7 +178,13 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reps, loop = run_reps(args, lambda: one_rep(args), digits=1)
-    params = {"nodes": args.nodes, "rounds": args.rounds, "round": args.round, "busy": args.busy}
+    params = {
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "round": args.round,
+        "busy": args.busy,
+        "batch": args.batch,
+    }
     emit_reps("rescan", args, params, reps, loop, digits=1)
 
 

@@ -237,9 +237,9 @@ class Pool:
                     undrained.add(route)
                 if rung and not pulled:
                     self._recheck(priority, route)
-                for delivery in pulled:
+                for node, delivery in zip(round_.give(eligible, len(pulled)), pulled, strict=True):
                     got += 1
-                    yield round_.give(eligible), delivery
+                    yield node, delivery
             if self._rings[priority] == rings:
                 # (a rung route that no taker here can run is left to the rescan)
                 if undrained:

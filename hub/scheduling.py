@@ -14,6 +14,7 @@ plus the routes it looks at, not to their product.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -100,12 +101,26 @@ class Takers:
             if self.free.get(t.node, 0) > 0 and route.capabilities <= t.capabilities
         ]
 
-    def give(self, eligible: Sequence[Taker]) -> str:
-        """One task to the eligible taker with the most free slots (the first among equals)."""
-        taker = max(eligible, key=lambda t: self.free[t.node])
-        self.free[taker.node] -= 1
-        self._left -= 1
-        return taker.node
+    def give(self, eligible: Sequence[Taker], count: int) -> list[str]:
+        """``count`` tasks (at most the eligible takers' free slots), each to the eligible
+        taker with the most free slots then (the first among equals): the nodes, in order.
+        A batch comes off a heap, so it costs a pass over the takers, not a pass per task."""
+        if count == 1:  # (most rounds at low load: one pass, and no heap to build)
+            node = max(eligible, key=lambda t: self.free[t.node]).node
+            self.free[node] -= 1
+            self._left -= 1
+            return [node]
+        heap = [(-self.free[t.node], i, t.node) for i, t in enumerate(eligible)]
+        heapq.heapify(heap)
+        nodes = []
+        for _ in range(count):
+            negative_free, i, node = heapq.heappop(heap)
+            self.free[node] -= 1
+            self._left -= 1
+            nodes.append(node)
+            if negative_free < -1:
+                heapq.heappush(heap, (negative_free + 1, i, node))
+        return nodes
 
 
 class PriorityScheduler:

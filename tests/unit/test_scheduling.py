@@ -125,28 +125,30 @@ def brute_eligible(takers: list[Taker], free: dict[str, int], route: Route) -> l
     takers=takers_st,
     caps=st.sets(capability_sets, max_size=4),
     wanted=st.sets(st.one_of(st.none(), routes_st), max_size=8),
-    gives=st.lists(routes_st, max_size=12),
+    gives=st.lists(st.tuples(routes_st, st.integers(0, 12)), max_size=12),
 )
 def test_takers_answer_as_a_check_of_every_taker_would(
     takers: list[Taker],
     caps: set[frozenset[str]],
     wanted: set[Route | None],
-    gives: list[Route],
+    gives: list[tuple[Route, int]],
 ) -> None:
     index = Takers(takers)
     every = index.routes(caps)
     assert every[-1] == Route() and len(every) == len(set(every)) == len(takers) + len(caps) + 1
     assert index.ordered(wanted, caps) == [r for r in every if r in wanted]
     free = {t.node: t.free for t in takers if t.free > 0}
-    for route in gives:  # as a round hands tasks out, the index follows the free slots
+    for route, wanted_tasks in gives:  # as a round hands tasks out, the index follows
         eligible = index.eligible(route)
         assert eligible == brute_eligible(takers, free, route)
         assert bool(index) == any(free.values())
-        if eligible:
-            most = max(free[t.node] for t in eligible)
-            node = index.give(eligible)
-            assert free[node] == most
+        count = min(wanted_tasks, sum(free[t.node] for t in eligible))
+        expected = []
+        for _ in range(count):  # each task to the most free slots, the first among equals
+            node = max(eligible, key=lambda t: free[t.node]).node
             free[node] -= 1
+            expected.append(node)
+        assert index.give(eligible, count) == expected
         assert index.free == free
 
 
