@@ -156,7 +156,7 @@ class Nodes:
         if not self.pool.due():
             return 0
         takers = [
-            Taker(s.node, s.capabilities, free, s.own())
+            Taker(s.node, s.capabilities, free, s.own)
             for s in self.sessions.values()
             if (free := s.free) > 0
         ]

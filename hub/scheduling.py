@@ -15,24 +15,28 @@ plus the routes it looks at, not to their product.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from hub.model import Priority, Route
 
 __all__ = ("PriorityScheduler", "Taker", "Takers")
 
 
+def _holds_none() -> Mapping[Priority, int]:
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class Taker:
-    """A node that can take work now: its id, capabilities and free slots, and per priority
-    how many tasks routed to it by name it holds (their messages are in flight, not waiting:
-    fewer is safe, it only costs a pull)."""
+    """A node that can take work now: its id, capabilities and free slots, and what says, per
+    priority, how many tasks routed to it by name it holds (their messages are in flight, not
+    waiting: fewer is safe, it only costs a pull). Asked only by a rescan, not every round."""
 
     node: str
     capabilities: frozenset[str] = frozenset()
     free: int = 1
-    own: Mapping[Priority, int] = field(default_factory=dict)
+    own: Callable[[], Mapping[Priority, int]] = _holds_none
 
 
 class Takers:
@@ -86,7 +90,7 @@ class Takers:
             for route, count in held.items()
             if not route.node
             or (place := self._place.get(route.node)) is None
-            or count > self._takers[place].own.get(priority, 0)
+            or count > self._takers[place].own().get(priority, 0)
         }
 
     def eligible(self, route: Route) -> list[Taker]:

@@ -172,7 +172,8 @@ async def test_a_busy_nodes_own_route_is_not_pulled_at_every_rescan(
 
     await until(running, timeout_s=STEP_S)
     async with published(replica.pool.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
-        await asyncio.sleep(1.2)  # the dispatch loop's timer: at least two rounds
+        for _ in range(3):  # three rounds, each a rescan
+            assert await replica.nodes.dispatch_once() == 0
     release.set()
     assert (await wait_done(client, task_id)).status == common_pb2.SUCCEEDED
     assert pulls == []
@@ -207,9 +208,8 @@ async def test_a_wake_up_with_nothing_to_pull_lists_no_takers(
         return fetch(takers)
 
     monkeypatch.setattr(replica.pool, "fetch", counted)
-    for _ in range(5):
-        replica.nodes.kick.set()
-        await asyncio.sleep(0.02)
+    for _ in range(5):  # as the dispatch loop runs them on a wake-up
+        assert await replica.nodes.dispatch_once() == 0
     assert fetches == 0
     done = await client.submit("echo", b"second", wait_s=STEP_S)
     assert done.done and done.task.status == common_pb2.SUCCEEDED

@@ -591,7 +591,7 @@ async def test_a_rescan_does_not_pull_a_busy_nodes_route_that_holds_only_its_own
     assert [g.record.id for g in grants] == ["a"]  # in flight to n3 from now on
     n3 = subjects.ConsumerName(Priority.NORMAL, Route(node="n3"))
     pull_n3 = f"$JS.API.CONSUMER.MSG.NEXT.{n3.stream}.{n3.durable}"
-    busy = Taker("n3", free=1, own={Priority.NORMAL: 1})
+    busy = Taker("n3", free=1, own=lambda: {Priority.NORMAL: 1})
     async with published(hub_core.nc, "$JS.API.CONSUMER.MSG.NEXT.>") as pulls:
         assert [d async for _, d in hub_core.pool.fetch([busy])] == []
     assert pulls == []

@@ -162,13 +162,13 @@ def test_takers_answer_as_a_check_of_every_taker_would(
 def test_a_route_waits_unless_its_node_holds_every_message_in_it(
     takers: list[Taker], held: dict[Route, int], own: dict[str, int], priority: Priority
 ) -> None:
-    takers = [replace(t, own={priority: own.get(t.node, 0)}) for t in takers]
+    takers = [replace(t, own=lambda n=t.node: {priority: own.get(n, 0)}) for t in takers]
     by_node = {t.node: t for t in takers}
     waiting = Takers(takers).waiting(priority, held)
     assert waiting <= set(held)
     for route, count in held.items():
         taker = by_node.get(route.node)
-        holds_all = taker is not None and count <= taker.own[priority]
+        holds_all = taker is not None and count <= taker.own()[priority]
         assert (route in waiting) is not holds_all
     other = next(p for p in P if p is not priority)  # what a node holds on another priority
     assert Takers(takers).waiting(other, held) == set(held)  # does not count on this one
