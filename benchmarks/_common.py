@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from hub.grpc import environment
 from hub.nats.server import dies_with_parent
 
-# Every child we start execs a fresh interpreter, so gRPC's fork handlers buy nothing; with them
-# on, a process forked while our gRPC client threads were busy sometimes came up with a broken
-# poller ("epoll_wait error: Bad file descriptor") and never attached (replica_rss with 4 nodes
-# failed 3 runs in 3). Set before anything imports grpc; children inherit it.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# gRPC as the hub's own processes run it, in this process and every child (they inherit it),
+# before anything imports grpc. Fork support off matters here too: with it on, a process forked
+# while our gRPC client threads were busy sometimes came up with a broken poller ("epoll_wait
+# error: Bad file descriptor") and never attached (replica_rss with 4 nodes failed 3 runs in 3).
+environment.apply()
 
 SYNC_MODES = ("always", "1s")
 """Durability modes a benchmark accepts: `always` fsyncs each write, `1s` once a second."""

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from hub.grpc.environment import GRPC_ENVIRONMENT
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = ["--tasks", "50", "--inflight", "4", "--reps", "1", "--warmup", "10", "--sync", "1s"]
 
@@ -320,13 +322,19 @@ def test_timeline_matches_every_step_of_the_path() -> None:
     assert all("tail_excess_us" in s for s in result["steps"])
 
 
-def test_timeline_puts_the_tails_time_on_the_step_that_took_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def timeline(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/timeline.py, imported here. Its `_common` sets gRPC's variables for the
+    processes a benchmark starts; monkeypatch puts the test run's own back afterwards."""
     monkeypatch.syspath_prepend(str(BENCH))
-    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")  # (restored: `_common` sets it)
+    for name, value in GRPC_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
     import timeline
 
+    return timeline
+
+
+def test_timeline_puts_the_tails_time_on_the_step_that_took_it(timeline: Any) -> None:
     n = len(timeline.PATH)
     rows = [[1000] * n for _ in range(99)]
     rows.append([1000] * 3 + [5000] + [1000] * (n - 4))  # one slow task, slow at step 3
@@ -337,13 +345,9 @@ def test_timeline_puts_the_tails_time_on_the_step_that_took_it(
     assert sum(excess) == pytest.approx(3.0)  # the two tail tasks' mean extra: (4 + 2) / 2
 
 
-def test_timeline_matches_each_step_after_the_one_before(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeline_matches_each_step_after_the_one_before(timeline: Any) -> None:
     """The tail of the task before (its ack answered, its doorbell round) lands in the next
     task's window: each step is the first of its kind after the step before, not the first."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")  # (restored: `_common` sets it)
-    import timeline
-
     steps = [step for step, _, _ in timeline.PATH]
     tail = [(5, "replica: ← journal write answered"), (6, "replica: → pull")]
     stamps = sorted([*tail, *((10 * (k + 1), step) for k, step in enumerate(steps[:-1]))])

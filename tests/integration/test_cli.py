@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 
 from grpchub import GrpcHub, addr
@@ -135,3 +136,32 @@ async def test_demo_runs_a_burst_through_a_node_kill_without_grpc_noise() -> Non
     assert "SIGKILL node-1" in out
     assert "24 tasks in" in out
     assert "fork" not in err, err
+    assert "Unknown experiment" not in err, err
+
+
+def _python(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` with none of the test run's HUB_* or GRPC_* variables (bounded)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "GRPC_"))}
+    return subprocess.run(
+        [sys.executable, *argv], env=base | (env or {}), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_hub_command_sets_grpcs_variables_before_grpc_reads_them() -> None:
+    """gRPC reads GRPC_* once, as it is imported, and says so of an experiment it does not
+    know: a probe name put in the hub's table is reported only if the table is applied first."""
+    probe = (
+        "import sys; from hub.grpc import environment; "
+        "environment.GRPC_ENVIRONMENT['GRPC_EXPERIMENTS'] = 'hub_probe'; "
+        "sys.argv = ['hub', '--help']; from hub.__main__ import main; main()"
+    )
+    done = _python("-c", probe)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "Unknown experiment: hub_probe" in done.stderr
+
+    done = _python("-m", "hub", "--help")  # the real table: names this grpcio knows
+    assert done.returncode == EXIT_OK and "usage: hub" in done.stdout
+    assert "Unknown experiment" not in done.stderr, done.stderr
+
+    done = _python("-m", "hub", "--help", env={"GRPC_EXPERIMENTS": "hub_probe"})  # yours wins
+    assert "Unknown experiment: hub_probe" in done.stderr

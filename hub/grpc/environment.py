@@ -1,0 +1,33 @@
+"""How gRPC runs in the processes the hub starts. gRPC reads these settings once, when it is
+imported, so they are environment variables set before anything imports grpc: ``hub.__main__``
+applies them first thing (children inherit them), and so do the benchmarks. A value already in
+the environment wins, so an operator can set either one back.
+
+A program of yours that runs an agent or a node with the SDKs gains the same by exporting
+these variables before it starts (README, "Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+__all__ = ("GRPC_ENVIRONMENT", "apply")
+
+GRPC_ENVIRONMENT: dict[str, str] = {
+    # Every child a hub command starts execs at once, so gRPC's fork handlers protect nothing;
+    # with them on, `hub demo` printed "skipping fork() handlers" whenever it started a node
+    # while its replicas' gRPC threads were busy.
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
+    # Since grpcio 1.80 a Python process's connections run on gRPC's EventEngine, which hands
+    # each message between more threads than the I/O manager before it. Here that cost 40 % more
+    # per message: one message each way on an open stream, 193 -> 112 us at the median, 220 ->
+    # 133 us of CPU (floors.py; docs/benchmarks.md, "gRPC's engine").
+    "GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener",
+}
+
+
+def apply(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set each of ``GRPC_ENVIRONMENT`` that ``environ`` does not already set."""
+    for name, value in GRPC_ENVIRONMENT.items():
+        environ.setdefault(name, value)
