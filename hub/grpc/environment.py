@@ -19,10 +19,10 @@ GRPC_ENVIRONMENT: dict[str, str] = {
     # with them on, `hub demo` printed "skipping fork() handlers" whenever it started a node
     # while its replicas' gRPC threads were busy.
     "GRPC_ENABLE_FORK_SUPPORT": "false",
-    # Since grpcio 1.80 a Python process's connections run on gRPC's EventEngine, which hands
-    # each message between more threads than the I/O manager before it. Here that cost 40 % more
-    # per message: one message each way on an open stream, 193 -> 112 us at the median, 220 ->
-    # 133 us of CPU (floors.py; docs/benchmarks.md, "gRPC's engine").
+    # Since grpcio 1.80 a Python process's connections run on gRPC's EventEngine, whose threads
+    # wake about four times per call on each side; on the I/O manager before it they sleep. One
+    # message each way on an open stream took 187 us at the median and 215 us of CPU on the
+    # EventEngine, 107 and 135 on the I/O manager (docs/benchmarks.md, "gRPC's engine").
     "GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener",
 }
 

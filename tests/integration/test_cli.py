@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from grpchub import GrpcHub, addr
-from hubtest import children
+from hubtest import children, eventually
 
+from hub.client import Client, ClientError
 from hub.dev.cluster import free_ports
+from hub.dev.procs import replica_process
+from hub.nats.server import EmbeddedNats
 from hub.node import Fail, TaskContext
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
@@ -165,3 +170,48 @@ def test_the_hub_command_sets_grpcs_variables_before_grpc_reads_them() -> None:
 
     done = _python("-m", "hub", "--help", env={"GRPC_EXPERIMENTS": "hub_probe"})  # yours wins
     assert "Unknown experiment: hub_probe" in done.stderr
+
+
+async def _answers(client: Client) -> bool:
+    try:
+        await client.pool()
+    except ClientError:
+        return False
+    return True
+
+
+def _event_engine_wakeups(pid: int) -> int:
+    """Context switches so far of the process's threads named ``event_engine`` (gRPC's)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if (task / "comm").read_text().strip() != "event_engine":
+                continue
+            status = (task / "status").read_text().splitlines()
+            fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+            total += int(fields["voluntary_ctxt_switches"])
+            total += int(fields["nonvoluntary_ctxt_switches"])
+    return total
+
+
+async def test_a_replica_answers_without_waking_grpcs_event_engine(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """What the hub's GRPC_EXPERIMENTS is for (README, "Configuration"): on gRPC's EventEngine
+    each call woke its threads about four times; on the I/O manager they stay asleep."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "GRPC_"))}
+    calls, per_call = 200, dict[str, float]()
+    for engine, env in (("hub's", {}), ("grpcio's", {"GRPC_EXPERIMENTS": ""})):
+        proc, address = replica_process(engine, nats_server.url, base | env, tmp_path)
+        await proc.start()
+        try:
+            async with Client(address, timeout_s=2) as client:
+                await eventually(functools.partial(_answers, client), timeout_s=30, interval_s=0.2)
+                assert _event_engine_wakeups(proc.pid) > 0  # (its threads exist either way)
+                before = _event_engine_wakeups(proc.pid)
+                for _ in range(calls):
+                    await client.pool()
+                per_call[engine] = (_event_engine_wakeups(proc.pid) - before) / calls
+        finally:
+            await proc.stop()
+    assert per_call["hub's"] < 0.5 < 1.5 < per_call["grpcio's"], per_call
