@@ -172,6 +172,18 @@ def test_the_hub_command_sets_grpcs_variables_before_grpc_reads_them() -> None:
     assert "Unknown experiment: hub_probe" in done.stderr
 
 
+def test_a_program_using_the_sdks_can_apply_the_table_before_grpc_reads_it() -> None:
+    """The README's recipe: importing hub.grpc.environment must not import grpc."""
+    recipe = (
+        "from hub.grpc import environment; "
+        "environment.GRPC_ENVIRONMENT['GRPC_EXPERIMENTS'] = 'hub_probe'; "
+        "environment.apply(); from hub.client import Client; from hub.node import Node"
+    )
+    done = _python("-c", recipe)
+    assert done.returncode == 0, done.stderr
+    assert "Unknown experiment: hub_probe" in done.stderr
+
+
 async def _answers(client: Client) -> bool:
     try:
         await client.pool()
