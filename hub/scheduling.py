@@ -27,11 +27,14 @@ def _holds_none() -> Mapping[Priority, int]:
     return {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Taker:
     """A node that can take work now: its id, capabilities and free slots, and what says, per
     priority, how many tasks routed to it by name it holds (their messages are in flight, not
-    waiting: fewer is safe, it only costs a pull). Asked only by a rescan, not every round."""
+    waiting: fewer is safe, it only costs a pull). Asked only by a rescan, not every round.
+
+    Not frozen, though nothing changes one: a round builds one per attached node, and a frozen
+    dataclass's ``__init__`` took 3.7 times as long (2,000 of them, 703 against 187 us)."""
 
     node: str
     capabilities: frozenset[str] = frozenset()
