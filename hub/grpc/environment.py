@@ -4,7 +4,8 @@ applies them first thing (children inherit them), and so do the benchmarks. A va
 the environment wins, so an operator can set either one back.
 
 A program of yours that runs an agent or a node with the SDKs gains the same by exporting
-these variables before it starts (README, "Configuration").
+these variables before it starts, or by calling ``apply()`` before anything imports grpc
+(README, "Configuration"); this module imports nothing that does.
 """
 
 from __future__ import annotations
