@@ -195,10 +195,15 @@ def rss_kib(pid: int) -> int:
 
 
 def hub_params() -> dict[str, Any]:
-    """Versions for the result line."""
+    """Versions for the result line, and the gRPC experiments every process ran with (the
+    engine moves a gRPC hop's cost by 40 %: docs/benchmarks.md, "gRPC's engine")."""
     from importlib.metadata import version
 
-    return {"nats_py": version("nats-py"), "grpcio": version("grpcio")}
+    return {
+        "nats_py": version("nats-py"),
+        "grpcio": version("grpcio"),
+        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
+    }
 
 
 def run_reps(

@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         **task_params(args),
         "loop": loop_name,
         "nats_server": nats_server_version(),
+        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
     }
     emit_json(summarize("bare_path", params, reps))
 

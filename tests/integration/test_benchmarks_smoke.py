@@ -24,6 +24,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = ["--tasks", "50", "--inflight", "4", "--reps", "1", "--warmup", "10", "--sync", "1s"]
 
 
+#: What a benchmark's processes run gRPC with: the hub's table unless this run sets its own.
+EXPERIMENTS = os.environ.get("GRPC_EXPERIMENTS", GRPC_ENVIRONMENT["GRPC_EXPERIMENTS"])
+
+
 def run_bench(argv: list[str], timeout_s: float = 100.0) -> dict[str, Any]:
     """Run a benchmark script under this interpreter; return its last stdout line as JSON."""
     proc = subprocess.run(
@@ -94,6 +98,7 @@ def test_e2e_ends_with_a_json_result() -> None:
     assert result["tasks_per_s"] > 0
     assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"agent", "replicas", "nodes", "nats_server"}
+    assert result["grpc_experiments"] == EXPERIMENTS
 
 
 def test_journal_appends_keeps_head_and_tail_exact() -> None:
@@ -287,6 +292,7 @@ def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     assert result["tasks_per_s"] > 0
     assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"agent", "relay", "node", "nats_server"}
+    assert result["grpc_experiments"] == EXPERIMENTS
 
 
 @pytest.mark.parametrize(
