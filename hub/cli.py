@@ -327,9 +327,12 @@ async def _serve(settings: Settings) -> int:
         replica = Replica(settings, urls)
         await replica.start()
         settle_gc()
+        # (the gRPC experiments too: they move each gRPC hop's cost by 40 %, see
+        # hub/grpc/environment.py, and an operator's own GRPC_EXPERIMENTS wins over ours)
         print(
             f"hub replica {replica.id} serving on port {replica.port} "
-            f"(NATS {', '.join(urls)}, sync {settings.nats_sync})",
+            f"(NATS {', '.join(urls)}, sync {settings.nats_sync}, "
+            f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')})",
             flush=True,
         )
         try:

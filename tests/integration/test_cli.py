@@ -17,7 +17,8 @@ from hubtest import children, eventually
 
 from hub.client import Client, ClientError
 from hub.dev.cluster import free_ports
-from hub.dev.procs import replica_process
+from hub.dev.procs import HubProcess, replica_process
+from hub.grpc.environment import GRPC_ENVIRONMENT
 from hub.nats.server import EmbeddedNats
 from hub.node import Fail, TaskContext
 
@@ -189,6 +190,10 @@ def test_a_program_using_the_sdks_can_apply_the_table_before_grpc_reads_it() -> 
     assert "Unknown experiment: hub_probe" in done.stderr
 
 
+async def _started(proc: HubProcess) -> bool:
+    return "serving on port" in proc.log.read_text()
+
+
 async def _answers(client: Client) -> bool:
     try:
         await client.pool()
@@ -215,14 +220,21 @@ async def test_a_replica_answers_without_waking_grpcs_event_engine(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     """What the hub's GRPC_EXPERIMENTS is for (README, "Configuration"): on gRPC's EventEngine
-    each call woke its threads about four times; on the I/O manager they stay asleep."""
+    each call woke its threads about four times; on the I/O manager they stay asleep. The
+    replica's start-up line names the value it runs with."""
     calls, per_call = 200, dict[str, float]()
-    for engine, env in (("hub's", _clean_env()), ("grpcio's", _clean_env(GRPC_EXPERIMENTS=""))):
+    runs = (
+        ("hub's", _clean_env(), GRPC_ENVIRONMENT["GRPC_EXPERIMENTS"]),
+        ("grpcio's", _clean_env(GRPC_EXPERIMENTS=""), ""),
+    )
+    for engine, env, experiments in runs:
         proc, address = replica_process(engine, nats_server.url, env, tmp_path)
         await proc.start()
         try:
             async with Client(address, timeout_s=2) as client:
                 await eventually(functools.partial(_answers, client), timeout_s=30, interval_s=0.2)
+                await eventually(functools.partial(_started, proc), timeout_s=10)
+                assert f"GRPC_EXPERIMENTS={experiments})" in proc.log.read_text()
                 assert _event_engine_wakeups(proc.pid) > 0  # (its threads exist either way)
                 before = _event_engine_wakeups(proc.pid)
                 for _ in range(calls):
