@@ -36,6 +36,7 @@ from _common import (
 )
 
 from hub.client import Client
+from hub.grpc import environment
 from hub.nats.server import EmbeddedNats
 
 HERE = Path(__file__).resolve().parent
@@ -202,7 +203,7 @@ def hub_params() -> dict[str, Any]:
     return {
         "nats_py": version("nats-py"),
         "grpcio": version("grpcio"),
-        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
+        "grpc_experiments": environment.experiments(),
     }
 
 

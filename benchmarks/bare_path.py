@@ -33,13 +33,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: F401  (first: it sets the gRPC variables gRPC reads on import)
 import grpc
 import nats
-from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     CpuMeter,
     Progress,
@@ -58,8 +55,12 @@ from _common import (
     task_params,
     wait_for_log,
 )
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from hub.cli import loop_factory
+from hub.grpc import environment
 from hub.nats.inline import subscribe_inline
 from hub.nats.requests import Requests
 from hub.nats.server import EmbeddedNats
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         **task_params(args),
         "loop": loop_name,
         "nats_server": nats_server_version(),
-        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
+        "grpc_experiments": environment.experiments(),
     }
     emit_json(summarize("bare_path", params, reps))
 

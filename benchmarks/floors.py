@@ -26,14 +26,14 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: F401  (first: it sets the gRPC variables gRPC reads on import)
 import grpc
 import nats
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, add_rep_flags, percentile
 from _hub import HubRig, emit_reps, run_reps
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hub.config import Settings
 from hub.model import Priority, Route

@@ -23,6 +23,7 @@ from typing import Any
 from hub.client import Client, ClientError
 from hub.config import Settings, load_settings, unknown_env
 from hub.errors import HubError, InvalidSettings, ServerFailed, Unavailable
+from hub.grpc import environment
 from hub.grpc.convert import priority_name, status_name
 from hub.v1 import common_pb2
 
@@ -332,7 +333,7 @@ async def _serve(settings: Settings) -> int:
         print(
             f"hub replica {replica.id} serving on port {replica.port} "
             f"(NATS {', '.join(urls)}, sync {settings.nats_sync}, "
-            f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')})",
+            f"GRPC_EXPERIMENTS={environment.experiments()})",
             flush=True,
         )
         try:

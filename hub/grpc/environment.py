@@ -11,9 +11,10 @@ these variables before it starts, or by calling ``apply()`` before anything impo
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 
-__all__ = ("GRPC_ENVIRONMENT", "apply")
+__all__ = ("GRPC_ENVIRONMENT", "apply", "experiments")
 
 GRPC_ENVIRONMENT: dict[str, str] = {
     # Every child a hub command starts execs at once, so gRPC's fork handlers protect nothing;
@@ -29,6 +30,21 @@ GRPC_ENVIRONMENT: dict[str, str] = {
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Set each of ``GRPC_ENVIRONMENT`` that ``environ`` does not already set."""
-    for name, value in GRPC_ENVIRONMENT.items():
-        environ.setdefault(name, value)
+    """Set each of ``GRPC_ENVIRONMENT`` that ``environ`` does not already set.
+
+    Raises RuntimeError if that changes this process's environment after grpc was imported:
+    gRPC has then read its defaults, and the process would run on them unnoticed.
+    """
+    missing = {name: value for name, value in GRPC_ENVIRONMENT.items() if name not in environ}
+    if missing and environ is os.environ and "grpc" in sys.modules:
+        raise RuntimeError(
+            f"grpc was imported before hub.grpc.environment.apply(), which would set "
+            f"{', '.join(missing)}: gRPC has read its defaults; apply it first"
+        )
+    environ.update(missing)
+
+
+def experiments() -> str:
+    """The ``GRPC_EXPERIMENTS`` this process runs with, for start-up lines and result lines
+    (gRPC read it at import, from the environment ``apply`` had set)."""
+    return os.environ.get("GRPC_EXPERIMENTS", "")

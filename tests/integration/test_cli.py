@@ -32,11 +32,16 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UN
 )
 
 
+def _clean_env(**env: str) -> dict[str, str]:
+    """The test run's environment without its HUB_* and GRPC_* variables, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "GRPC_"))}
+    return base | env
+
+
 async def hub(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 ) -> tuple[int, str, str]:
-    """Run ``python -m hub ARGS`` (bounded); (exit code, stdout, stderr)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    """Run ``python -m hub ARGS`` (bounded) in ``_clean_env``; (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,7 +49,7 @@ async def hub(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=base | (env or {}),
+        env=_clean_env(**(env or {})),
     )
     try:
         async with asyncio.timeout(timeout_s):
@@ -143,12 +148,6 @@ async def test_demo_runs_a_burst_through_a_node_kill_without_grpc_noise() -> Non
     assert "24 tasks in" in out
     assert "fork" not in err, err
     assert "Unknown experiment" not in err, err
-
-
-def _clean_env(**env: str) -> dict[str, str]:
-    """The test run's environment without its HUB_* and GRPC_* variables, plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "GRPC_"))}
-    return base | env
 
 
 def _python(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
