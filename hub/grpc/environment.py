@@ -23,8 +23,8 @@ GRPC_ENVIRONMENT: dict[str, str] = {
     "GRPC_ENABLE_FORK_SUPPORT": "false",
     # Since grpcio 1.80 a Python process's connections run on gRPC's EventEngine, whose threads
     # wake about four times per call on each side; on the I/O manager before it they sleep. One
-    # message each way on an open stream took 187 us at the median and 215 us of CPU on the
-    # EventEngine, 107 and 135 on the I/O manager (docs/benchmarks.md, "gRPC's engine").
+    # message each way on an open stream took 175 us at the median and 205 us of CPU on the
+    # EventEngine, 99 and 120 on the I/O manager (docs/benchmarks.md, "gRPC's engine").
     "GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener",
 }
 
