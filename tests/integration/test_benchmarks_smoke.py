@@ -284,6 +284,17 @@ def test_batched_writes_ends_with_a_json_result() -> None:
         assert result[f"{way}_wall_us"] > 0
 
 
+def test_store_floor_ends_with_a_json_result() -> None:
+    result = run_bench(["store_floor.py", *TINY, "--writes", "40"])
+    assert result["bench"] == "store_floor"
+    assert result["tasks_per_s"] > 0
+    assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
+    assert set(result["cpu_us_per_task"]) == {"client", "nats_server"}
+    for measure in ("stream_writes_per_s", "two_streams_writes_per_s"):
+        assert result[measure] > 0
+        assert result["raw"][measure] == [result[measure]]
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_bare_path_ends_with_a_json_result(loop: str) -> None:
     result = run_bench(["bare_path.py", *TINY, "--loop", loop])
