@@ -25,10 +25,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hub.grpc import environment
+from hub.nats.inline import subscribe_inline
 from hub.nats.server import dies_with_parent
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as Nats
+    from nats.aio.msg import Msg
 
 # gRPC as the hub's own processes run it, in this process and every child (they inherit it),
 # before anything imports grpc. Fork support off matters here too: with it on, a process forked
@@ -304,6 +309,55 @@ def summarize(bench: str, params: Mapping[str, Any], reps: Sequence[RepResult]) 
     out["raw"] = raw
     out["host"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     return out
+
+
+# --- NATS ------------------------------------------------------------------------------------
+
+
+class HeldPull:
+    """Pull requests that wait at the server, so a stored message comes straight to
+    ``handle`` (each in its own task); asked for again at half the credit, as nats.go's
+    Consume does. What the floors use instead of the hub's doorbell and no-wait pulls."""
+
+    def __init__(
+        self,
+        nc: Nats,
+        stream: str,
+        durable: str,
+        handle: Callable[[Msg], Awaitable[None]],
+        *,
+        batch: int = 128,
+        expires_ns: int = 30 * 10**9,
+    ) -> None:
+        self.nc, self.handle, self.batch = nc, handle, batch
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.request = json.dumps({"batch": batch, "expires": expires_ns}).encode()
+        self.inbox = nc.new_inbox()
+        self.credit = 0  # deliveries asked for and not yet received
+        self.tasks: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        await subscribe_inline(self.nc, self.inbox, self._delivered)
+        await self._top_up()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _top_up(self) -> None:
+        if self.credit > self.batch // 2:
+            return
+        self.credit += self.batch
+        await self.nc.publish(self.subject, self.request, reply=self.inbox)
+
+    def _delivered(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status"):
+            self.credit = 0  # a request expired: ask afresh
+        else:
+            self.credit -= 1
+            self._spawn(self.handle(msg))
+        self._spawn(self._top_up())
 
 
 # --- output ----------------------------------------------------------------------------------

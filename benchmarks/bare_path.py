@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ import grpc
 import nats
 from _common import (
     CpuMeter,
+    HeldPull,
     Progress,
     RepResult,
     add_rep_flags,
@@ -61,15 +61,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from hub.cli import loop_factory
 from hub.grpc import environment
-from hub.nats.inline import subscribe_inline
 from hub.nats.requests import Requests
 from hub.nats.server import EmbeddedNats
 
 THIS_FILE = str(Path(__file__).resolve())
 STREAM, SUBJECT, BUCKET = "BARE_Q", "bare.q", "bare_kv"
 SUBMIT, CONNECT = "/bare.Bare/Submit", "/bare.Bare/Connect"
-HELD_PULL_NS = 30 * 10**9
-PULL_BATCH = 128
 Requests_ = AsyncIterator[bytes]  # what a stream handler reads
 
 
@@ -104,10 +101,9 @@ class Relay:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
         self.grants: asyncio.Queue[bytes] = asyncio.Queue()
         self.acks: dict[str, str] = {}
-        self.inbox = nc.new_inbox()
-        self.credit = 0  # deliveries asked for and not yet received
         self.tasks: set[asyncio.Future[None]] = set()
         self.requests = Requests(nc)
+        self.pull = HeldPull(nc, STREAM, "w", self._claim)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -122,26 +118,8 @@ class Relay:
         headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
         self.revision[task_id] = await self._stored(f"$KV.{BUCKET}.{task_id}", value, headers)
 
-    async def _top_up(self) -> None:
-        """Pull requests wait at the server, so a stored task comes straight here; asked for
-        again at half the credit, as nats.go's Consume does."""
-        if self.credit > PULL_BATCH // 2:
-            return
-        self.credit += PULL_BATCH
-        request = json.dumps({"batch": PULL_BATCH, "expires": HELD_PULL_NS}).encode()
-        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.w", request, reply=self.inbox)
-
     async def start(self) -> None:
-        await subscribe_inline(self.nc, self.inbox, self._delivered)
-        await self._top_up()
-
-    def _delivered(self, msg: Msg) -> None:
-        if msg.headers and msg.headers.get("Status"):
-            self.credit = 0  # a request expired: ask afresh
-        else:
-            self.credit -= 1
-            self.spawn(self._claim(msg))
-        self.spawn(self._top_up())
+        await self.pull.start()
 
     async def _claim(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[1]

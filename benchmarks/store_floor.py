@@ -48,6 +48,7 @@ from nats.js.api import StreamConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     CpuMeter,
+    HeldPull,
     RepResult,
     add_rep_flags,
     add_task_flags,
@@ -71,8 +72,6 @@ from hub.nats.server import EmbeddedNats
 from hub.nats.topology import Topology
 
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-PULL_BATCH = 128
-HELD_PULL_NS = 30 * 10**9
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,10 +136,9 @@ class TaskPath:
         self.revision: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.latencies: list[float] = []
-        self.inbox = nc.new_inbox()
-        self.credit = 0
         self.pending: set[asyncio.Future[None]] = set()
         self.finished: asyncio.Queue[None] = asyncio.Queue()
+        self.pull = HeldPull(nc, self.consumer.stream, self.consumer.durable, self._run)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -155,25 +153,7 @@ class TaskPath:
         return await self.requests.publish(subject, self.record, timeout_s=30.0, headers=headers)
 
     async def start(self) -> None:
-        await subscribe_inline(self.nc, self.inbox, self._delivered)
-        await self._top_up()
-
-    async def _top_up(self) -> None:
-        """Pull requests wait at the server and are asked for again at half their credit."""
-        if self.credit > PULL_BATCH // 2:
-            return
-        self.credit += PULL_BATCH
-        request = orjson.dumps({"batch": PULL_BATCH, "expires": HELD_PULL_NS})
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.consumer.stream}.{self.consumer.durable}"
-        await self.nc.publish(subject, request, reply=self.inbox)
-
-    def _delivered(self, msg: Msg) -> None:
-        if msg.headers and msg.headers.get("Status"):
-            self.credit = 0  # the request expired: ask afresh
-        else:
-            self.credit -= 1
-            self._spawn(self._run(msg))
-        self._spawn(self._top_up())
+        await self.pull.start()
 
     async def submit(self, payload: bytes) -> None:
         task_id = uuid.uuid4().hex
