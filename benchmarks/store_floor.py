@@ -160,9 +160,11 @@ class TaskPath:
         self.started[task_id] = time.perf_counter()
         revision = await self._cas(task_id, 0)
         self.revision[task_id] = revision
-        headers = {
-            subjects.HEADER_MSG_ID: subjects.msg_id(task_id, 0),
+        headers = {  # (the headers the hub's task message carries)
+            subjects.HEADER_MSG_ID: subjects.msg_id(task_id, 1),
             subjects.HEADER_TASK: task_id,
+            subjects.HEADER_KIND: "echo",
+            subjects.HEADER_GENERATION: "1",
             subjects.HEADER_RECORD: f"{revision} {self.record.decode()}",
         }
         subject = subjects.task_subject(Priority.NORMAL, Route())
