@@ -314,6 +314,19 @@ def summarize(bench: str, params: Mapping[str, Any], reps: Sequence[RepResult]) 
 # --- NATS ------------------------------------------------------------------------------------
 
 
+class Background:
+    """Tasks run in the background, each kept until it ends: the event loop holds only a weak
+    reference to a task, so one nobody keeps can be collected before it is done."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def run(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 class HeldPull:
     """Pull requests that wait at the server, so a stored message comes straight to
     ``handle`` (each in its own task); asked for again at half the credit, as nats.go's
@@ -334,16 +347,11 @@ class HeldPull:
         self.request = json.dumps({"batch": batch, "expires": expires_ns}).encode()
         self.inbox = nc.new_inbox()
         self.credit = 0  # deliveries asked for and not yet received
-        self.tasks: set[asyncio.Future[None]] = set()
+        self.background = Background()
 
     async def start(self) -> None:
         await subscribe_inline(self.nc, self.inbox, self._delivered)
         await self._top_up()
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     async def _top_up(self) -> None:
         if self.credit > self.batch // 2:
@@ -356,8 +364,8 @@ class HeldPull:
             self.credit = 0  # a request expired: ask afresh
         else:
             self.credit -= 1
-            self._spawn(self.handle(msg))
-        self._spawn(self._top_up())
+            self.background.run(self.handle(msg))
+        self.background.run(self._top_up())
 
 
 # --- output ----------------------------------------------------------------------------------

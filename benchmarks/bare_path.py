@@ -37,6 +37,7 @@ import _common  # noqa: F401  (first: it sets the gRPC variables gRPC reads on i
 import grpc
 import nats
 from _common import (
+    Background,
     CpuMeter,
     HeldPull,
     Progress,
@@ -101,14 +102,9 @@ class Relay:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
         self.grants: asyncio.Queue[bytes] = asyncio.Queue()
         self.acks: dict[str, str] = {}
-        self.tasks: set[asyncio.Future[None]] = set()
+        self.background = Background()
         self.requests = Requests(nc)
         self.pull = HeldPull(nc, STREAM, "w", self._claim)
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     async def _stored(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
         return await self.requests.publish(subject, data, timeout_s=5.0, headers=headers)
@@ -148,7 +144,7 @@ class Relay:
         async def read() -> None:
             async for message in requests:
                 for item in message.split(SEP):
-                    self.spawn(on(item))
+                    self.background.run(on(item))
 
         reader = asyncio.create_task(read())
         try:

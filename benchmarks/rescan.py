@@ -32,6 +32,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -67,44 +68,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+async def _polls(what: str, interval_s: float) -> AsyncIterator[None]:
+    """The turns of a polling loop, ``interval_s`` apart, for at most BUSY_TIMEOUT_S; past it,
+    TimeoutError naming ``what`` was not seen."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while time.monotonic() <= deadline:
+        yield
+        await asyncio.sleep(interval_s)
+    raise TimeoutError(f"{what}: not within {BUSY_TIMEOUT_S} s")
+
+
 async def _busy(pool: Pool, nodes: Nodes) -> None:
     """Give every node one task routed to it, granted through the dispatch round (so the
     session holds it, as a node running it would), and wait until each holds it."""
     for node in nodes.sessions:
         await pool.submit(TaskSpec("echo", route=Route(node=node)))
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while any(len(s.held) < 1 for s in nodes.sessions.values()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the nodes' tasks were not all granted")
+    async for _ in _polls("the nodes' tasks all granted", 0.05):
+        if all(s.held for s in nodes.sessions.values()):
+            return
         pool._scanned_at = 0.0  # (a bell may have rung before its task was visible)
         await nodes.dispatch_once()
-        await asyncio.sleep(0.05)
 
 
 async def _rung(pool: Pool, rings: int) -> None:
     """Wait until the doorbell has rung for every task stored (bounded)."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while pool._rings[Priority.NORMAL] < rings:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the doorbell did not ring for every task")
-        await asyncio.sleep(0.001)
+    async for _ in _polls("the doorbell rung for every task", 0.001):
+        if pool._rings[Priority.NORMAL] >= rings:
+            return
 
 
 async def _finish(pool: Pool, nodes: Nodes, task_id: str) -> None:
     """Wait until a node holds the task (another, untimed round if the timed one missed it),
     then let it finish, so the nodes' slots stay free round after round."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
+    async for _ in _polls(f"task {task_id} granted", 0.005):
         for session in nodes.sessions.values():
             if task_id in session.held:
                 nodes.finished(session, task_id)
                 return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {task_id} was not granted")
         if not any(s.claiming for s in nodes.sessions.values()):
             pool._scanned_at = 0.0
             await nodes.dispatch_once()
-        await asyncio.sleep(0.005)
 
 
 async def one_rep(args: argparse.Namespace) -> dict[str, float]:

@@ -47,6 +47,7 @@ from nats.js.api import StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    Background,
     CpuMeter,
     HeldPull,
     RepResult,
@@ -136,14 +137,9 @@ class TaskPath:
         self.revision: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.latencies: list[float] = []
-        self.pending: set[asyncio.Future[None]] = set()
+        self.background = Background()
         self.finished: asyncio.Queue[None] = asyncio.Queue()
         self.pull = HeldPull(nc, self.consumer.stream, self.consumer.durable, self._run)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
 
     async def _cas(self, task_id: str, last: int, ttl_s: float = 0) -> int:
         headers = {EXPECTED_LAST: str(last)}
@@ -185,7 +181,7 @@ class TaskPath:
                 if i >= inflight:
                     await self.finished.get()
                     bar.advance()
-                self._spawn(self.submit(payload))
+                self.background.run(self.submit(payload))
             for _ in range(min(n, inflight)):
                 await self.finished.get()
                 bar.advance()
