@@ -17,7 +17,8 @@
     ├── Unavailable          NATS (or the hub) cannot be reached right now
     ├── LimitReached         a JetStream limit the hub sets (a HUB_* setting) refused a new object
     ├── ServerFailed         the embedded nats-server could not start or died
-    └── Conflict             internal: a compare-and-set lost a race; retried, never shown
+    ├── Conflict             internal: a compare-and-set lost a race; retried, never shown
+    └── ConsumerGone         internal: a route's consumer was removed; made again, never shown
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = (
     "AlreadyFinished",
     "Conflict",
+    "ConsumerGone",
     "DuplicateTask",
     "HubError",
     "InvalidSettings",
@@ -139,3 +141,8 @@ class ServerFailed(HubError):
 
 class Conflict(HubError):
     """Raised internally when a compare-and-set keeps losing races beyond its retry budget."""
+
+
+class ConsumerGone(HubError):
+    """Raised internally when a pull finds its consumer gone: nats-server removes a node's or
+    a capability set's consumer after a day without pulls, or an operator removed it."""

@@ -22,6 +22,7 @@ from hub import lifecycle
 from hub.buffers import HeadTail
 from hub.config import Settings
 from hub.errors import (
+    ConsumerGone,
     HubError,
     InvalidTask,
     LimitReached,
@@ -232,7 +233,14 @@ class Pool:
                     continue
                 batch = sum(round_.free[t.node] for t in eligible)
                 rung = route in dirty
-                pulled = await self.queue.pull(name, batch)
+                try:
+                    pulled = await self.queue.pull(name, batch)
+                except ConsumerGone as exc:
+                    log.info("%s: making it again", exc)
+                    self.topology.forget_consumer(name)
+                    self._mark(priority, route)  # pulled through its new consumer next round
+                    self.bell.set()
+                    continue
                 if len(pulled) == batch:
                     undrained.add(route)
                 if rung and not pulled:

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from hub.config import Settings
-from hub.errors import InvalidTask
+from hub.errors import ConsumerGone, InvalidTask
 from hub.model import Priority, Route, TaskRecord, validate_task_id
 from hub.nats import subjects
 from hub.nats.errors import RETRY_BUDGET_S, nats_errors, retrying
@@ -42,6 +42,8 @@ FIND_LIMIT = 1000
 #: What deleting a message that is gone answers: "no message found" (500 within the stream's
 #: range) or "sequence not found" (400 past it).
 NO_SUCH_MESSAGE = (10057, 10043)
+#: What a pull answers when its consumer does not exist: nobody serves its API subject.
+NO_RESPONDERS = "503"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,8 @@ class _Puller:
     An empty ``fetch()`` waits out its whole timeout; a no-wait pull answers at once with a
     404 status, so an empty priority costs one round trip, not a timeout. The inbox is read
     inline (``hub.nats.inline``): each delivery is appended as it is read, and the pull wakes
-    once, when its batch is full or the status says there is no more.
+    once, when its batch is full or the status says there is no more. A 503 (no responders)
+    says the consumer is gone: ConsumerGone, so that the pool makes it again.
     """
 
     def __init__(self, nc: NATS, name: ConsumerName) -> None:
@@ -121,6 +124,7 @@ class _Puller:
         self.lock = asyncio.Lock()
         self._batch = 0
         self._got: list[Msg] = []
+        self._status = ""
         self._done: asyncio.Future[bool] | None = None
 
     async def pull(self, batch: int, timeout_s: float) -> list[Msg]:
@@ -131,7 +135,7 @@ class _Puller:
                     self.nc, inbox, lambda msg: self._on_msg(inbox, msg)
                 )
             loop = asyncio.get_running_loop()
-            self._batch, self._got = batch, []
+            self._batch, self._got, self._status = batch, [], ""
             self._done = done = loop.create_future()
             timer = loop.call_later(timeout_s, _finish, done)
             request = json.dumps({"batch": batch, "no_wait": True}).encode()
@@ -145,13 +149,16 @@ class _Puller:
             finally:
                 timer.cancel()
                 self._done = None
+            if self._status == NO_RESPONDERS:
+                raise ConsumerGone(f"consumer {self.name.stream}/{self.name.durable} is gone")
             return self._got
 
     def _on_msg(self, inbox: str, msg: Msg) -> None:
         done = self._done
         if inbox != self.inbox or done is None or done.done():
             return  # the late answer to a pull cut short: its deliveries come back after ack_wait
-        if msg.headers and msg.headers.get("Status"):
+        if msg.headers and (status := msg.headers.get("Status")):
+            self._status = status
             done.set_result(True)
             return
         self._got.append(msg)

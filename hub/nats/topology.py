@@ -206,3 +206,7 @@ class Topology:
     def forget_consumers(self) -> None:
         """After a server restart, an idle consumer may have been removed: re-create on use."""
         self._consumers.clear()
+
+    def forget_consumer(self, name: subjects.ConsumerName) -> None:
+        """The consumer is gone (idle for a day, or removed): create it again on next use."""
+        self._consumers.discard((name.stream, name.durable))

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 
+import nats.js.errors
 import pytest
 from hubtest import Core, eventually, published, take_all, take_one
 
@@ -23,6 +24,7 @@ from hub.errors import (
 )
 from hub.model import Priority, Route, Status, TaskSpec
 from hub.nats import subjects
+from hub.nats import topology as topology_module
 from hub.scheduling import Taker
 
 
@@ -544,6 +546,44 @@ async def test_capability_routing(hub_core: Core, make_core) -> None:
     )
     assert grant.record.id == "gpu-task" and grant.record.node == "big"
     assert grant.record.route == Route(capabilities=frozenset({"gpu", "cuda"}))
+
+
+@pytest.mark.parametrize("how", ["idle", "removed"])
+@pytest.mark.parametrize(
+    ("route", "taker"),
+    [(Route(capabilities=frozenset({"gpu"})), "big"), (Route(node="n2"), "n2")],
+    ids=["capabilities", "node"],
+)
+async def test_a_route_whose_consumer_went_gets_a_new_one(
+    hub_core: Core, monkeypatch: pytest.MonkeyPatch, route: Route, taker: str, how: str
+) -> None:
+    """A capability or node route's consumer goes after a day without pulls (its inactive
+    threshold, here a second), or when an operator removes it; a replica that made it before
+    must make it again. Pulling the old one only answers "no responders": the route's tasks
+    would stay queued for good."""
+    monkeypatch.setattr(topology_module, "IDLE_CONSUMER_S", 1.0)
+    capabilities = route.capabilities or frozenset()
+    await submit(hub_core, "first", route=route)
+    grant = await take_one(hub_core.pool, taker, timeout_s=5, capabilities=capabilities)
+    await hub_core.pool.complete(grant.record.id, grant.record.attempt, b"")
+    js, name = hub_core.nc.jetstream(), subjects.consumer_for(Priority.NORMAL, route)
+    if how == "removed":
+        await js.delete_consumer(name.stream, name.durable)
+
+    async def gone() -> bool:
+        try:
+            await js.consumer_info(name.stream, name.durable)
+        except nats.js.errors.NotFoundError:
+            return True
+        return False
+
+    await eventually(gone, timeout_s=10, interval_s=0.2)
+    await submit(hub_core, "second", route=route)
+    grant = await take_one(hub_core.pool, taker, timeout_s=5, capabilities=capabilities)
+    assert grant.record.id == "second" and grant.record.node == taker
+    assert (await js.consumer_info(name.stream, name.durable)).config.filter_subject == (
+        name.filter_subject
+    )
 
 
 async def test_a_rescan_finds_a_capability_route_that_rang_no_bell_here(
