@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,6 +45,9 @@ FIND_LIMIT = 1000
 NO_SUCH_MESSAGE = (10057, 10043)
 #: What a pull answers when its consumer does not exist: nobody serves its API subject.
 NO_RESPONDERS = "503"
+#: A route's puller (and its inbox subscription) not used for this long is dropped when a new
+#: one is made: its node left, or its capability set went quiet. A later pull makes another.
+PULLER_IDLE_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,7 @@ class _Puller:
         self._got: list[Msg] = []
         self._status = ""
         self._done: asyncio.Future[bool] | None = None
+        self.used_at = time.monotonic()
 
     async def pull(self, batch: int, timeout_s: float) -> list[Msg]:
         async with self.lock:
@@ -142,9 +147,9 @@ class _Puller:
             try:
                 await self.nc.publish(self.api, request, reply=self.inbox)
                 if not await done:
-                    self._abandon_inbox()
+                    self.drop_inbox()
             except BaseException:  # cancelled mid-pull (a replica stopping)
-                self._abandon_inbox()
+                self.drop_inbox()
                 raise
             finally:
                 timer.cancel()
@@ -165,9 +170,10 @@ class _Puller:
         if len(self._got) >= self._batch:
             done.set_result(True)
 
-    def _abandon_inbox(self) -> None:
-        """After a pull cut short, its answer may still come: pull through a new inbox from now
-        on, so a late reply is not taken for the next pull's."""
+    def drop_inbox(self) -> None:
+        """Unsubscribe the inbox: after a pull cut short (its answer may still come, so the
+        next pull goes through a new inbox and a late reply is not taken for its own), or when
+        the puller is dropped."""
         sub, self.sub, self.inbox = self.sub, None, ""
         if sub is not None:
             task = asyncio.ensure_future(_unsubscribe(sub))
@@ -252,7 +258,9 @@ class Queue:
     async def pull(self, name: ConsumerName, batch: int) -> list[Delivery]:
         puller = self._pullers.get((name.stream, name.durable))
         if puller is None:
+            self._drop_idle_pullers()
             puller = self._pullers[(name.stream, name.durable)] = _Puller(self.nc, name)
+        puller.used_at = time.monotonic()
         msgs = await puller.pull(batch, self.settings.request_timeout_s)
         out = []
         for msg in msgs:
@@ -262,6 +270,15 @@ class Queue:
                 log.error("malformed task message subject=%s: %s; removing it", msg.subject, exc)
                 await self.ack(msg.reply)
         return out
+
+    def _drop_idle_pullers(self) -> None:
+        """Without this a replica kept a subscription per route it ever pulled: with nodes
+        that come and go under new ids (pods), one per departed node and priority, for good."""
+        idle_since = time.monotonic() - PULLER_IDLE_S
+        for key, puller in list(self._pullers.items()):
+            if puller.used_at < idle_since and not puller.lock.locked():
+                del self._pullers[key]
+                puller.drop_inbox()
 
     @staticmethod
     def _delivery(msg: Msg) -> Delivery:

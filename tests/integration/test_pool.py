@@ -12,6 +12,7 @@ import pytest
 from hubtest import Core, eventually, published, take_all, take_one
 
 from hub import pool as pool_module
+from hub import queue as queue_module
 from hub.errors import (
     AlreadyFinished,
     HubError,
@@ -584,6 +585,33 @@ async def test_a_route_whose_consumer_went_gets_a_new_one(
     assert (await js.consumer_info(name.stream, name.durable)).config.filter_subject == (
         name.filter_subject
     )
+
+
+async def test_the_pullers_of_routes_no_longer_pulled_are_dropped(
+    hub_core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A route's pull goes through its own inbox subscription. Nodes that come and go under new
+    ids (pods) left one per priority on every replica that pulled their route, for good."""
+    monkeypatch.setattr(queue_module, "PULLER_IDLE_S", 0.5)
+    subscriptions = hub_core.nc._subs  # (nats-py's table of the connection's subscriptions)
+    for node in ("gone-1", "gone-2", "gone-3"):
+        await submit(hub_core, f"for-{node}", route=Route(node=node))
+        grant = await take_one(hub_core.pool, node, timeout_s=5)
+        await hub_core.pool.complete(grant.record.id, grant.record.attempt, b"")
+    routes = {durable for _, durable in hub_core.queue._pullers}
+    assert {"node_gone-1", "node_gone-2", "node_gone-3"} <= routes
+    before = len(subscriptions)
+    await asyncio.sleep(0.6)
+    await submit(hub_core, "for-new", route=Route(node="new"))
+    grant = await take_one(hub_core.pool, "new", timeout_s=5)  # a new route: a new puller
+    assert grant.record.id == "for-new"
+    routes = {durable for _, durable in hub_core.queue._pullers}
+    assert "node_new" in routes and not {"node_gone-1", "node_gone-2", "node_gone-3"} & routes
+
+    async def unsubscribed() -> bool:  # (the unsubscribes run in the background)
+        return len(subscriptions) <= before - 2
+
+    await eventually(unsubscribed, timeout_s=5)
 
 
 async def test_a_rescan_finds_a_capability_route_that_rang_no_bell_here(
