@@ -22,6 +22,9 @@ same streams, consumers, republish and limits as a replica creates), measures:
 
 Journal values are `--record-bytes` long (about a finished record's size in the hub), and the
 process reads the journal feed and the doorbell as every replica does (`--no-feeds`: not).
+`--journal-shards N` spreads the records over N bucket streams, in turn: a design the hub
+does not have (`hub_journal` is one bucket, a public name), measured to see how far more
+streams would lift the floor.
 
     python benchmarks/store_floor.py --tasks 3000 --inflight 64 --sync always --reps 3
 """
@@ -37,6 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -91,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="read the journal feed and the doorbell, as every replica does",
     )
+    p.add_argument(
+        "--journal-shards",
+        type=int,
+        default=1,
+        help="bucket streams the journal's records are spread over (the hub: 1)",
+    )
     add_rep_flags(p, sync="always")
     return p.parse_args(argv)
 
@@ -130,8 +140,11 @@ async def stream_rates(nc: Nats, requests: Requests, args: argparse.Namespace) -
 class TaskPath:
     """The hub's five stored writes per task, and nothing else."""
 
-    def __init__(self, nc: Nats, settings: Settings, record: bytes) -> None:
+    def __init__(self, nc: Nats, settings: Settings, record: bytes, shards: int) -> None:
         self.nc, self.settings, self.record = nc, settings, record
+        self.buckets = [_bucket(i) for i in range(shards)]
+        self.bucket: dict[str, str] = {}  # task id -> its record's bucket
+        self.submitted = 0
         self.requests = Requests(nc)
         self.consumer = subjects.consumer_for(Priority.NORMAL, Route())
         self.revision: dict[str, int] = {}
@@ -145,7 +158,7 @@ class TaskPath:
         headers = {EXPECTED_LAST: str(last)}
         if ttl_s:
             headers["Nats-TTL"] = str(int(ttl_s))
-        subject = f"$KV.{subjects.JOURNAL_BUCKET}.{subjects.record_key(task_id)}"
+        subject = f"$KV.{self.bucket[task_id]}.{subjects.record_key(task_id)}"
         return await self.requests.publish(subject, self.record, timeout_s=30.0, headers=headers)
 
     async def start(self) -> None:
@@ -154,6 +167,8 @@ class TaskPath:
     async def submit(self, payload: bytes) -> None:
         task_id = uuid.uuid4().hex
         self.started[task_id] = time.perf_counter()
+        self.bucket[task_id] = self.buckets[self.submitted % len(self.buckets)]
+        self.submitted += 1
         revision = await self._cas(task_id, 0)
         self.revision[task_id] = revision
         headers = {  # (the headers the hub's task message carries)
@@ -171,6 +186,7 @@ class TaskPath:
         claimed = await self._cas(task_id, self.revision.pop(task_id))
         await self._cas(task_id, claimed, self.settings.result_ttl_s)
         await self.requests.request(msg.reply, b"+ACK", timeout_s=30.0)
+        del self.bucket[task_id]
         self.latencies.append(time.perf_counter() - self.started.pop(task_id))
         self.finished.put_nowait(None)
 
@@ -187,13 +203,33 @@ class TaskPath:
                 bar.advance()
 
 
-async def _verify(nc: Nats, records: int) -> None:
-    """Every task's writes stored: one record per task, and the work queue empty."""
+def _bucket(shard: int) -> str:
+    return subjects.JOURNAL_BUCKET + (f"_{shard}" if shard else "")
+
+
+async def _add_shards(nc: Nats, topology: Topology, shards: int) -> None:
+    """Buckets 1.. beside `hub_journal`, each configured like it (republish included)."""
+    for shard in range(1, shards):
+        config = topology.bucket_stream(
+            subjects.JOURNAL_BUCKET, ttl=0, marker_ttl=topology.settings.result_ttl_s
+        )
+        source = f"$KV.{_bucket(shard)}.>"
+        config.name, config.subjects = f"KV_{_bucket(shard)}", [source]
+        config.republish = replace(config.republish, src=source) if config.republish else None
+        await nc.jetstream().add_stream(config)
+
+
+async def _verify(nc: Nats, records: int, shards: int) -> None:
+    """Every task's writes stored: one record per task, each bucket its share, and the work
+    queue empty."""
     js = nc.jetstream()
     queued = (await js.stream_info(subjects.stream_name(Priority.NORMAL))).state.messages
-    stored = (await js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
-    if queued or stored != records:
-        raise RuntimeError(f"after the run: {queued} tasks queued, {stored}/{records} records")
+    stored = [
+        (await js.stream_info(f"KV_{_bucket(shard)}")).state.messages for shard in range(shards)
+    ]
+    shares = [records // shards + (shard < records % shards) for shard in range(shards)]
+    if queued or stored != shares:
+        raise RuntimeError(f"after the run: {queued} tasks queued, records {stored} not {shares}")
 
 
 def _ignore(msg: Msg) -> None:
@@ -208,12 +244,14 @@ async def run_rep(args: argparse.Namespace) -> tuple[RepResult, dict[str, float]
     try:
         nc = await nats.connect(url, name="store-floor")
         settings = Settings()
-        await Topology(nc.jetstream(), settings).ensure()
+        topology = Topology(nc.jetstream(), settings)
+        await topology.ensure()
+        await _add_shards(nc, topology, args.journal_shards)
         rates = await stream_rates(nc, Requests(nc), args)
         if args.feeds:  # (what a replica reads: every committed record write, every stored task)
             await subscribe_inline(nc, subjects.journal_feed_subject("task.*"), _ignore)
             await subscribe_inline(nc, subjects.bell_subject(), _ignore, headers=False)
-        path = TaskPath(nc, settings, _value(args.record_bytes))
+        path = TaskPath(nc, settings, _value(args.record_bytes), args.journal_shards)
         await path.start()
         payload = b"x" * args.payload_bytes
         if args.warmup:
@@ -225,7 +263,7 @@ async def run_rep(args: argparse.Namespace) -> tuple[RepResult, dict[str, float]
         await asyncio.wait_for(path.run(args.tasks, args.inflight, payload), args.timeout)
         elapsed = time.perf_counter() - t0
         cpu = meter.stop()
-        await _verify(nc, args.warmup + args.tasks)
+        await _verify(nc, args.warmup + args.tasks, args.journal_shards)
         await nc.close()
         return RepResult(args.tasks, elapsed, path.latencies, cpu), rates
     finally:
@@ -252,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "writes": args.writes,
         "record_bytes": args.record_bytes,
         "feeds": args.feeds,
+        "journal_shards": args.journal_shards,
         "loop": loop,
         "nats_server": nats_server_version(),
     }

@@ -284,9 +284,12 @@ def test_batched_writes_ends_with_a_json_result() -> None:
         assert result[f"{way}_wall_us"] > 0
 
 
-def test_store_floor_ends_with_a_json_result() -> None:
-    result = run_bench(["store_floor.py", *TINY, "--writes", "40"])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_store_floor_ends_with_a_json_result(shards: int) -> None:
+    """(With shards, its check that every record was written counts them over the buckets.)"""
+    result = run_bench(["store_floor.py", *TINY, "--writes", "40", "--journal-shards", str(shards)])
     assert result["bench"] == "store_floor"
+    assert result["journal_shards"] == shards
     assert result["tasks_per_s"] > 0
     assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0
     assert set(result["cpu_us_per_task"]) == {"client", "nats_server"}
