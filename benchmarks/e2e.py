@@ -11,6 +11,9 @@ kind (agent, replicas, nodes, nats-server) from /proc; every process is stopped 
     python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 3
     python benchmarks/e2e.py --tasks 5000 --inflight 64 --sync 1s --reps 1 --profile prof/k64
 
+`--journal-shards N` runs the replicas with `HUB_JOURNAL_SHARDS=N` (the journal spread over N
+KV buckets; docs/benchmarks.md, P2).
+
 `--profile DIR` samples the agent, each replica and each node with py-spy over the measured
 tasks (`DIR/rep1/replica0.txt`, ...; see `_profile.py`); `--cprofile DIR` counts every call of
 each replica and node over the same tasks (`DIR/rep1/replica0.prof`, ...).
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nats
 from _common import (
     CpuMeter,
     Progress,
@@ -46,6 +50,8 @@ from _hub import HubRig, hub_params
 from _profile import add_profile_flag, counting, hub_module, profile_params, recording, under
 
 from hub.client import Client
+from hub.nats import subjects
+from hub.nats.topology import SHARDS_METADATA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=1, help="hub replica processes (R)")
     p.add_argument("--nodes", type=int, default=2, help="node processes (M)")
     p.add_argument("--slots", type=int, default=0, help="slots per node; 0 = enough for K")
+    p.add_argument(
+        "--journal-shards",
+        type=int,
+        default=1,
+        help="HUB_JOURNAL_SHARDS of the replicas (buckets the journal is spread over)",
+    )
     add_rep_flags(p)
     p.add_argument(
         "--api",
@@ -97,6 +109,18 @@ async def drive(
     return latencies
 
 
+async def check_shards(url: str, shards: int) -> None:
+    """The journal the replicas made has the shards asked for (not a setting lost on the way)."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(f"KV_{subjects.JOURNAL_BUCKET}")
+    finally:
+        await nc.close()
+    made = int((info.config.metadata or {}).get(SHARDS_METADATA, "1"))
+    if made != shards:
+        raise RuntimeError(f"the replicas made a journal of {made} shards, not {shards}")
+
+
 async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
     slots = args.slots or max(4, math.ceil(args.inflight / args.nodes))
     payload = b"x" * args.payload_bytes
@@ -107,7 +131,9 @@ async def run_rep(args: argparse.Namespace, rep: int) -> RepResult:
         sync=args.sync,
         loop=args.loop,
         module=hub_module(args.cprofile),
+        replica_env={"journal_shards": str(args.journal_shards)},
     ) as rig:
+        await check_shards(rig.nats.url, args.journal_shards)
         if args.warmup:
             await asyncio.wait_for(
                 drive(rig.clients, args.warmup, args.inflight, payload, api=args.api), args.timeout
@@ -137,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         **task_params(args),
         "replicas": args.replicas,
         "nodes": args.nodes,
+        "journal_shards": args.journal_shards,
         "loop": loop_name,
         **hub_params(),
         "nats_server": nats_server_version(),

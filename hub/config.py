@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     journal_head_bytes: int = Field(8 * 1024, ge=0)
     journal_tail_bytes: int = Field(32 * 1024, ge=0)
     append_coalesce_ms: float = Field(20.0, ge=0)
+    journal_shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="KV buckets the journal is spread over (hub_journal, hub_journal_1, ...); "
+        "fixed when the journal is first made",
+    )
 
     # node protocol and API
     grpc_addr: str = "127.0.0.1:50051"

@@ -1,5 +1,8 @@
 """The task journal in the ``hub_journal`` KV bucket: records, output buffers, wait and watch.
 
+(With ``HUB_JOURNAL_SHARDS`` above 1, a task's keys are in one of ``hub_journal``,
+``hub_journal_1``, ...: ``subjects.journal_shard``. Every bucket republishes to the one feed.)
+
 There is no lock anywhere: every change is a pure transition (``hub.lifecycle``) applied by
 compare-and-set on the key's revision, retried on conflict. Revisions this replica wrote are
 kept in memory, so the common update is one round trip instead of a get plus a put.
@@ -184,7 +187,7 @@ class Journal:
     def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
         self.nc, self.js, self.settings = nc, js, settings
         self.requests = Requests(nc)
-        self._stream = f"KV_{subjects.JOURNAL_BUCKET}"
+        self._shards = settings.journal_shards
         self.records = RecordCache()
         # Per task: the queues of its waiters, fed with what ends a wait (feed messages, our
         # own committed records), None for "re-read" (after a reconnect), or _DEADLINE.
@@ -207,18 +210,22 @@ class Journal:
 
     # -- raw key access -------------------------------------------------------------------
 
+    def _bucket(self, key: str) -> str:
+        return subjects.journal_bucket(subjects.journal_shard(key, self._shards))
+
     def _subject(self, key: str) -> str:
-        return f"$KV.{subjects.JOURNAL_BUCKET}.{key}"
+        return f"$KV.{self._bucket(key)}.{key}"
 
     async def _read(self, key: str) -> tuple[bytes | None, int]:
         """(value, revision); value None for a tombstone; (None, 0) when the key never existed.
 
         Retried with backoff while NATS is unavailable (a leader election takes 4-9 s).
         """
+        stream, subject = f"KV_{self._bucket(key)}", self._subject(key)
         try:
             msg = await self._retrying(
                 f"read {key}",
-                lambda: self.js.get_last_msg(self._stream, self._subject(key), direct=self._direct),
+                lambda: self.js.get_last_msg(stream, subject, direct=self._direct),
             )
         except nats.js.errors.NotFoundError:
             return None, 0

@@ -139,8 +139,11 @@ class GrpcHub:
         return total
 
     async def journal_messages(self, replica: Replica) -> int:
-        js = replica.nc.jetstream()
-        return (await js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
+        """Messages in every journal bucket."""
+        js, total = replica.nc.jetstream(), 0
+        for shard in range(replica.settings.journal_shards):
+            total += (await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")).state.messages
+        return total
 
     async def close(self) -> None:
         for raw in self.raw:

@@ -76,8 +76,15 @@ class Core:
     async def all_task_messages(self) -> int:
         return sum([await self.stream_messages(p) for p in Priority])
 
-    async def journal_messages(self) -> int:
-        return (await self.js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")).state.messages
+    async def journal_messages(self, shard: int | None = None) -> int:
+        """Messages in one journal bucket, or in all of them."""
+        shards = range(self.settings.journal_shards) if shard is None else [shard]
+        total = 0
+        for each in shards:
+            total += (
+                await self.js.stream_info(f"KV_{subjects.journal_bucket(each)}")
+            ).state.messages
+        return total
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ queued). The task id travels in a header; one queued message is removed by its s
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from hub.errors import InvalidTask
@@ -29,7 +30,9 @@ __all__ = (
     "cancel_subject",
     "consumer_for",
     "dlq_subject",
+    "journal_bucket",
     "journal_feed_subject",
+    "journal_shard",
     "lock_key",
     "msg_id",
     "node_key",
@@ -146,8 +149,25 @@ def buffer_key(task_id: str, name: str) -> str:
     return f"task.{task_id}.{name}"
 
 
+def journal_bucket(shard: int) -> str:
+    """Shard 0 is ``hub_journal`` itself, so a journal of one shard (the default) keeps the
+    name operators and the ``nats`` CLI know."""
+    return JOURNAL_BUCKET if shard == 0 else f"{JOURNAL_BUCKET}_{shard}"
+
+
+def journal_shard(key: str, shards: int) -> int:
+    """The shard of a journal key (``task.<id>[.<buffer>]``), by its task id, so a task's
+    record and buffers share one bucket. With sync always, nats-server fsyncs each stream's
+    writes one after another, so more buckets take more writes a second (docs/benchmarks.md,
+    P2). The mapping is part of the stored layout: records written under one would not be
+    found under another."""
+    if shards == 1:
+        return 0
+    return zlib.crc32(key.split(".", 2)[1].encode()) % shards
+
+
 def journal_feed_subject(key: str = ">") -> str:
-    """The journal bucket republishes every committed write here, with its revision."""
+    """Every journal bucket republishes each committed write here, with its revision."""
     return f"{PREFIX}.journal.{key}"
 
 

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 STREAM_IN_USE = 10058
 MAXIMUM_CONSUMERS = 10026
 IDLE_CONSUMER_S = 24 * 3600.0
+#: Stream metadata of ``KV_hub_journal``: how many shards the journal was made with.
+SHARDS_METADATA = "hub.journal_shards"
 
 
 class Topology:
@@ -44,7 +46,6 @@ class Topology:
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
         self.js, self.settings = js, settings
         self._consumers: set[tuple[str, str]] = set()
-        self.journal: KeyValue
         self.nodes: KeyValue
 
     def task_stream(self, priority: Priority) -> StreamConfig:
@@ -82,11 +83,19 @@ class Topology:
             allow_direct=True,
         )
 
+    def journal_stream(self, shard: int) -> StreamConfig:
+        """A journal bucket's stream: no bucket TTL (that would delete running tasks' records
+        silently); finished records carry a per-key TTL, and the expiry marker is the
+        tombstone. Each shard republishes its committed writes to the one journal feed."""
+        bucket = subjects.journal_bucket(shard)
+        config = self.bucket_stream(bucket, ttl=0, marker_ttl=self.settings.result_ttl_s)
+        config.republish = RePublish(src=f"$KV.{bucket}.>", dest=subjects.journal_feed_subject())
+        if shard == 0:
+            config.metadata = {SHARDS_METADATA: str(self.settings.journal_shards)}
+        return config
+
     def bucket_stream(self, bucket: str, *, ttl: float, marker_ttl: float | None) -> StreamConfig:
         """The stream behind a KV bucket, as nats-py builds it, so it can also be updated."""
-        republish = None
-        if bucket == subjects.JOURNAL_BUCKET:
-            republish = RePublish(src=f"$KV.{bucket}.>", dest=subjects.journal_feed_subject())
         return StreamConfig(
             name=f"KV_{bucket}",
             subjects=[f"$KV.{bucket}.>"],
@@ -103,7 +112,6 @@ class Topology:
             max_msgs_per_subject=1,
             num_replicas=self.settings.stream_replicas,
             storage=StorageType.FILE,
-            republish=republish,
             subject_delete_marker_ttl=marker_ttl,
         )
 
@@ -113,21 +121,34 @@ class Topology:
             await self._stream(self.task_stream(priority))
             await self.ensure_consumer(priority, Route())
         await self._stream(self.dlq_stream())
-        # Journal keys have no bucket TTL (that would delete running tasks' records silently);
-        # finished records carry a per-key TTL, and the expiry marker is the tombstone.
-        await self._stream(
-            self.bucket_stream(
-                subjects.JOURNAL_BUCKET, ttl=0, marker_ttl=self.settings.result_ttl_s
-            )
-        )
+        await self._check_journal_shards()
+        for shard in range(self.settings.journal_shards):
+            await self._stream(self.journal_stream(shard))
         await self._stream(
             self.bucket_stream(
                 subjects.NODES_BUCKET, ttl=max(30.0, 6 * self.settings.heartbeat_s), marker_ttl=None
             )
         )
         with nats_errors("bind buckets"):
-            self.journal = await self.js.key_value(subjects.JOURNAL_BUCKET)
             self.nodes = await self.js.key_value(subjects.NODES_BUCKET)
+
+    async def _check_journal_shards(self) -> None:
+        """Refuse a shard count other than the journal's own: a task's keys are in the bucket
+        its id hashed to when they were written, and a replica counting otherwise would read
+        and write the wrong buckets (an unknown task, a second record)."""
+        name = f"KV_{subjects.JOURNAL_BUCKET}"
+        with nats_errors(f"read stream {name}"):
+            try:
+                info = await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                return  # a new journal: made with this replica's count
+        made = int((info.config.metadata or {}).get(SHARDS_METADATA, "1"))
+        if made != self.settings.journal_shards:
+            raise InvalidSettings(
+                f"HUB_JOURNAL_SHARDS is {self.settings.journal_shards}, but the journal in NATS "
+                f"was made with {made}: set {made} on every replica (a journal's shard count is "
+                "fixed when it is made)"
+            )
 
     async def _stream(self, config: StreamConfig) -> None:
         with nats_errors(f"create stream {config.name}"):

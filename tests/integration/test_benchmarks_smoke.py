@@ -91,9 +91,12 @@ def test_celery_redis_ends_with_a_json_result() -> None:
 # --- the hub's own benchmarks (tiny numbers; each starts NATS, a replica and node processes) ---
 
 
-def test_e2e_ends_with_a_json_result() -> None:
-    result = run_bench(["e2e.py", *TINY])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_e2e_ends_with_a_json_result(shards: int) -> None:
+    """(It fails unless the replicas made the journal with the shards asked for.)"""
+    result = run_bench(["e2e.py", *TINY, "--journal-shards", str(shards)])
     assert result["bench"] == "e2e"
+    assert result["journal_shards"] == shards
     assert result["sync"] == "1s"
     assert result["tasks_per_s"] > 0
     assert result["max_ms"] >= result["p99_ms"] >= result["p50_ms"] > 0

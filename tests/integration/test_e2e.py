@@ -22,6 +22,7 @@ from hub import pool as pool_module
 from hub.client import ClientError
 from hub.grpc.convert import priority_to_pb
 from hub.model import Priority
+from hub.nats import subjects
 from hub.node import TaskContext
 from hub.v1 import common_pb2
 
@@ -44,8 +45,12 @@ def reporter(node_id: str):
     return handler
 
 
-async def test_two_replicas_every_priority_and_route_completed(e2e_hub: GrpcHub) -> None:
-    a, b = await e2e_hub.replica(), await e2e_hub.replica()
+@pytest.mark.parametrize("shards", [1, 3], ids=["one-journal-bucket", "three-journal-buckets"])
+async def test_two_replicas_every_priority_and_route_completed(
+    e2e_hub: GrpcHub, shards: int
+) -> None:
+    a = await e2e_hub.replica(journal_shards=shards)
+    b = await e2e_hub.replica(journal_shards=shards)
     await e2e_hub.node(addr(a), "node-a", {"echo": reporter("node-a")}, slots=2)
     await e2e_hub.node(
         addr(b), "node-b", {"echo": reporter("node-b")}, slots=2, capabilities=["gpu", "ssd"]
@@ -82,6 +87,13 @@ async def test_two_replicas_every_priority_and_route_completed(e2e_hub: GrpcHub)
     assert ran_on == {"node-a", "node-b"}
     # Every message was acknowledged: nothing left in any work queue.
     assert await e2e_hub.stream_messages(a) == 0
+    # Each task's three keys (record, stdout, thoughts) are in the bucket its id hashes to.
+    js, keys = a.nc.jetstream(), [0] * shards
+    for task_id, *_ in submitted:
+        keys[subjects.journal_shard(subjects.record_key(task_id), shards)] += 3
+    for shard in range(shards):
+        info = await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")
+        assert info.state.messages == keys[shard]
 
 
 async def test_wait_on_replica_b_for_a_task_submitted_on_a_after_a_is_gone(

@@ -108,6 +108,37 @@ async def test_ensure_refuses_what_jetstream_cannot_change(hub_core: Core) -> No
     assert config["retention"] == "limits"
 
 
+async def test_a_journal_of_shards_keeps_its_count(hub_core: Core, make_core) -> None:
+    """A replica counting the journal's shards otherwise would look for records in the wrong
+    buckets: it is refused at start, naming the setting and the journal's own count, and
+    makes no bucket."""
+    with pytest.raises(InvalidSettings) as info:
+        await make_core(journal_shards=2)
+    assert "HUB_JOURNAL_SHARDS is 2" in str(info.value) and "made with 1" in str(info.value)
+    names = json.loads((await hub_core.nc.request("$JS.API.STREAM.NAMES", b"", timeout=3)).data)
+    assert not [n for n in names["streams"] if n.startswith("KV_hub_journal_")]
+
+
+async def test_a_sharded_record_is_readable_with_the_nats_cli_request(make_core) -> None:
+    """With HUB_JOURNAL_SHARDS=4 the record of ``cli-1`` is in ``hub_journal_1``
+    (``subjects.journal_shard``): `nats kv get hub_journal_1 task.cli-1`. Replicas that agree
+    start; one that does not is refused."""
+    core = await make_core(journal_shards=4)
+    await make_core(journal_shards=4)
+    with pytest.raises(InvalidSettings, match="made with 4"):
+        await make_core()
+    await core.pool.submit(TaskSpec(kind="echo", payload=b"hello", id="cli-1"))
+    reply = await core.nc.request(
+        "$JS.API.DIRECT.GET.KV_hub_journal_1.$KV.hub_journal_1.task.cli-1", b"", timeout=3
+    )
+    assert json.loads(reply.data)["id"] == "cli-1"
+    for shard in (0, 2, 3):
+        assert await core.journal_messages(shard) == 0
+    info = await api(core, "$JS.API.STREAM.INFO.KV_hub_journal_3")
+    assert info["config"]["republish"] == {"src": "$KV.hub_journal_3.>", "dest": "hub.journal.>"}
+    assert info["config"]["subject_delete_marker_ttl"] == int(core.settings.result_ttl_s * NS)
+
+
 async def test_record_is_readable_with_the_nats_cli_request(hub_core: Core) -> None:
     record, _ = await hub_core.pool.submit(
         TaskSpec(kind="echo", payload=b"hello", id="cli-1", priority=Priority.HIGH)

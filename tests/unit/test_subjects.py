@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub.errors import InvalidTask
 from hub.model import Priority, Route
@@ -26,6 +28,37 @@ def test_public_names() -> None:
     assert subjects.buffer_key("t1", "thoughts") == "task.t1.thoughts"
     with pytest.raises(InvalidTask):
         subjects.buffer_key("t1", "stderr")
+
+
+def test_journal_buckets_and_their_pinned_shards() -> None:
+    """Shard 0 keeps the public name. The mapping is stored layout (a record is found only in
+    the bucket its id hashed to when written), so these values must never change."""
+    assert [subjects.journal_bucket(s) for s in range(3)] == [
+        "hub_journal",
+        "hub_journal_1",
+        "hub_journal_2",
+    ]
+    assert [subjects.journal_shard(f"task.{i}", 4) for i in ("t1", "cli-1", "a", "d")] == [
+        3,
+        1,
+        3,
+        0,
+    ]
+    assert subjects.journal_shard("task.t1", 3) == 2
+
+
+TASK_IDS = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=64
+)
+
+
+@given(task_id=TASK_IDS, shards=st.integers(1, 64))
+def test_a_tasks_keys_share_one_shard_in_range(task_id: str, shards: int) -> None:
+    shard = subjects.journal_shard(subjects.record_key(task_id), shards)
+    assert 0 <= shard < shards
+    for name in ("stdout", "thoughts"):
+        assert subjects.journal_shard(subjects.buffer_key(task_id, name), shards) == shard
+    assert subjects.journal_shard(subjects.record_key(task_id), 1) == 0
 
 
 @pytest.mark.parametrize("bad", ["", "*", ">", "a.b", "a b", "t1.stdout", "x" * 65])
