@@ -120,7 +120,7 @@ async def one_rep(args: argparse.Namespace) -> dict[str, float]:
             js = nc.jetstream(timeout=settings.request_timeout_s)
             topology = Topology(js, settings)
             await topology.ensure()
-            journal = Journal(nc, js, settings)
+            journal = Journal(nc, js, settings, shards=topology.journal_shards)
             pool = Pool(nc, topology, journal, Queue(nc, js, settings), settings)
             await pool.start()
             nodes = Nodes(pool, settings, "bench")

@@ -62,11 +62,11 @@ class Settings(BaseSettings):
     journal_tail_bytes: int = Field(32 * 1024, ge=0)
     append_coalesce_ms: float = Field(20.0, ge=0)
     journal_shards: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
-        description="KV buckets the journal is spread over (hub_journal, hub_journal_1, ...); "
-        "fixed when the journal is first made",
+        description="KV buckets a new journal is spread over (hub_journal, hub_journal_1, ...); "
+        "0: the journal's own count, or 1 for a new journal",
     )
 
     # node protocol and API

@@ -184,10 +184,10 @@ def _known_or_raise(
 class Journal:
     """Records and buffers of every task; one instance per replica (per NATS connection)."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, settings: Settings, *, shards: int) -> None:
         self.nc, self.js, self.settings = nc, js, settings
         self.requests = Requests(nc)
-        self._shards = settings.journal_shards
+        self.shards = shards  # (Topology.journal_shards: the journal's own count)
         self.records = RecordCache()
         # Per task: the queues of its waiters, fed with what ends a wait (feed messages, our
         # own committed records), None for "re-read" (after a reconnect), or _DEADLINE.
@@ -211,7 +211,7 @@ class Journal:
     # -- raw key access -------------------------------------------------------------------
 
     def _bucket(self, key: str) -> str:
-        return subjects.journal_bucket(subjects.journal_shard(key, self._shards))
+        return subjects.journal_bucket(subjects.journal_shard(key, self.shards))
 
     def _subject(self, key: str) -> str:
         return f"$KV.{self._bucket(key)}.{key}"

@@ -58,7 +58,7 @@ class Replica:
         js = self.nc.jetstream(timeout=s.request_timeout_s)
         topology = Topology(js, s)
         await topology.ensure()
-        journal = Journal(self.nc, js, s)
+        journal = Journal(self.nc, js, s, shards=topology.journal_shards)
         await journal.start()
         self.pool = Pool(self.nc, topology, journal, Queue(self.nc, js, s), s)
         await self.pool.start()

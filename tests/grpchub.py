@@ -141,7 +141,7 @@ class GrpcHub:
     async def journal_messages(self, replica: Replica) -> int:
         """Messages in every journal bucket."""
         js, total = replica.nc.jetstream(), 0
-        for shard in range(replica.settings.journal_shards):
+        for shard in range(replica.pool.journal.shards):
             total += (await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")).state.messages
         return total
 

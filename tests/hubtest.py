@@ -78,7 +78,7 @@ class Core:
 
     async def journal_messages(self, shard: int | None = None) -> int:
         """Messages in one journal bucket, or in all of them."""
-        shards = range(self.settings.journal_shards) if shard is None else [shard]
+        shards = range(self.journal.shards) if shard is None else [shard]
         total = 0
         for each in shards:
             total += (
@@ -104,7 +104,7 @@ async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> 
     js = nc.jetstream(timeout=settings.request_timeout_s)
     topology = Topology(js, settings)
     await topology.ensure()
-    journal = Journal(nc, js, settings)
+    journal = Journal(nc, js, settings, shards=topology.journal_shards)
     queue = Queue(nc, js, settings)
     pool = Pool(nc, topology, journal, queue, settings)
     await pool.start()

@@ -47,6 +47,7 @@ class Topology:
         self.js, self.settings = js, settings
         self._consumers: set[tuple[str, str]] = set()
         self.nodes: KeyValue
+        self.journal_shards = settings.journal_shards or 1  # the journal's own, after ensure()
 
     def task_stream(self, priority: Priority) -> StreamConfig:
         s = self.settings
@@ -91,7 +92,7 @@ class Topology:
         config = self.bucket_stream(bucket, ttl=0, marker_ttl=self.settings.result_ttl_s)
         config.republish = RePublish(src=f"$KV.{bucket}.>", dest=subjects.journal_feed_subject())
         if shard == 0:
-            config.metadata = {SHARDS_METADATA: str(self.settings.journal_shards)}
+            config.metadata = {SHARDS_METADATA: str(self.journal_shards)}
         return config
 
     def bucket_stream(self, bucket: str, *, ttl: float, marker_ttl: float | None) -> StreamConfig:
@@ -121,8 +122,8 @@ class Topology:
             await self._stream(self.task_stream(priority))
             await self.ensure_consumer(priority, Route())
         await self._stream(self.dlq_stream())
-        await self._check_journal_shards()
-        for shard in range(self.settings.journal_shards):
+        self.journal_shards = await self._journal_shards()
+        for shard in range(self.journal_shards):
             await self._stream(self.journal_stream(shard))
         await self._stream(
             self.bucket_stream(
@@ -132,23 +133,24 @@ class Topology:
         with nats_errors("bind buckets"):
             self.nodes = await self.js.key_value(subjects.NODES_BUCKET)
 
-    async def _check_journal_shards(self) -> None:
-        """Refuse a shard count other than the journal's own: a task's keys are in the bucket
-        its id hashed to when they were written, and a replica counting otherwise would read
-        and write the wrong buckets (an unknown task, a second record)."""
-        name = f"KV_{subjects.JOURNAL_BUCKET}"
+    async def _journal_shards(self) -> int:
+        """The journal's own shard count (from its first stream's metadata), or for a new
+        journal the setting's (1 if unset). A task's keys are in the bucket its id hashed to
+        when they were written, so a replica counting otherwise would read and write the wrong
+        buckets (an unknown task, a second record): a setting that disagrees is refused."""
+        asked, name = self.settings.journal_shards, f"KV_{subjects.JOURNAL_BUCKET}"
         with nats_errors(f"read stream {name}"):
             try:
                 info = await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                return  # a new journal: made with this replica's count
+                return asked or 1
         made = int((info.config.metadata or {}).get(SHARDS_METADATA, "1"))
-        if made != self.settings.journal_shards:
+        if asked and asked != made:
             raise InvalidSettings(
-                f"HUB_JOURNAL_SHARDS is {self.settings.journal_shards}, but the journal in NATS "
-                f"was made with {made}: set {made} on every replica (a journal's shard count is "
-                "fixed when it is made)"
+                f"HUB_JOURNAL_SHARDS is {asked}, but the journal in NATS was made with {made}: "
+                f"leave it unset, or set {made} (a journal's shard count is fixed when it is made)"
             )
+        return made
 
     async def _stream(self, config: StreamConfig) -> None:
         with nats_errors(f"create stream {config.name}"):

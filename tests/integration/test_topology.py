@@ -121,13 +121,15 @@ async def test_a_journal_of_shards_keeps_its_count(hub_core: Core, make_core) ->
 
 async def test_a_sharded_record_is_readable_with_the_nats_cli_request(make_core) -> None:
     """With HUB_JOURNAL_SHARDS=4 the record of ``cli-1`` is in ``hub_journal_1``
-    (``subjects.journal_shard``): `nats kv get hub_journal_1 task.cli-1`. Replicas that agree
-    start; one that does not is refused."""
+    (``subjects.journal_shard``): `nats kv get hub_journal_1 task.cli-1`. A replica that
+    leaves the setting unset takes the journal's own count; one that names another is refused."""
     core = await make_core(journal_shards=4)
-    await make_core(journal_shards=4)
     with pytest.raises(InvalidSettings, match="made with 4"):
-        await make_core()
+        await make_core(journal_shards=1)
+    unset = await make_core()
+    assert unset.topology.journal_shards == unset.journal.shards == 4
     await core.pool.submit(TaskSpec(kind="echo", payload=b"hello", id="cli-1"))
+    assert (await unset.journal.get("cli-1")).payload_bytes == 5
     reply = await core.nc.request(
         "$JS.API.DIRECT.GET.KV_hub_journal_1.$KV.hub_journal_1.task.cli-1", b"", timeout=3
     )
