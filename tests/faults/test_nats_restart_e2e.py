@@ -36,17 +36,25 @@ TASKS = 120
 KILL_AFTER = 40  # submitted tasks before the kill: work queued, running and finished
 
 
+@pytest.mark.parametrize("shards", [1, 3], ids=["one-journal-bucket", "three-journal-buckets"])
 async def test_nats_restart_mid_run_loses_nothing_end_to_end(
     tmp_path: Path,
     nats_server: EmbeddedNats,
     restart_nats: Callable[[EmbeddedNats], Awaitable[EmbeddedNats]],
+    shards: int,
 ) -> None:
     rng = random.Random(6)
     specs = {
         f"e2e-{i:03d}": (rng.choice(list(Priority)), rng.choice([0.0, 0.1, 0.5, 1.5]), lines)
         for i, lines in enumerate(rng.choice([0, 3, 40, 600]) for _ in range(TASKS))
     }
-    rig = ProcRig(tmp_path, nats_server.url, HUB_ACK_WAIT_S="10", HUB_MAX_ATTEMPTS="10")
+    rig = ProcRig(
+        tmp_path,
+        nats_server.url,
+        HUB_ACK_WAIT_S="10",
+        HUB_MAX_ATTEMPTS="10",
+        HUB_JOURNAL_SHARDS=str(shards),
+    )
     try:
         replicas = [await rig.replica(f"replica-{i}") for i in (1, 2)]
         addrs = [addr for _, addr in replicas]
@@ -110,6 +118,17 @@ async def test_nats_restart_mid_run_loses_nothing_end_to_end(
             for priority in Priority:
                 info = await js.stream_info(subjects.stream_name(priority))
                 assert info.state.messages == 0, (priority, info.state)
+            records = 0  # every task's record, each in the bucket its id hashes to
+            for shard in range(shards):
+                bucket = subjects.journal_bucket(shard)
+                held = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.task.*")
+                records += len(held.state.subjects or {})
+                assert {s.split(".", 2)[2] for s in held.state.subjects or {}} == {
+                    f"task.{t}"
+                    for t in specs
+                    if subjects.journal_shard(f"task.{t}", shards) == shard
+                }
+            assert records == TASKS
         finally:
             await nc.close()
     finally:
