@@ -458,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--tasks", type=int, default=500)
     chaos.add_argument("--kills", type=int, default=10)
     chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--journal-shards", type=int, default=1, help="HUB_JOURNAL_SHARDS")
     chaos.add_argument("--json", action="store_true")
     return parser
 

@@ -57,6 +57,7 @@ class ChaosReport:
     unexplained_duplicates: int = 0
     journal_mismatches: int = 0
     messages_left: int = 0
+    journal_buckets: int = 0
     wall_s: float = 0.0
 
     @property
@@ -182,6 +183,7 @@ async def run_chaos(
     servers: int = 3,
     replicas: int = 3,
     nodes: int = 12,
+    journal_shards: int = 1,
     console: Console | None = None,
 ) -> ChaosReport:
     console = console or Console(stderr=True)
@@ -200,6 +202,7 @@ async def run_chaos(
             "HUB_NODE_GRACE_S": "1",
             "HUB_MAX_ATTEMPTS": "50",
             "HUB_RETRY_BACKOFF_S": "[0.2]",
+            "HUB_JOURNAL_SHARDS": str(journal_shards),
         }
         async with NatsCluster(base / "nats", servers=servers) as cluster:
             rig = _Rig(base, cluster, env)
@@ -208,7 +211,7 @@ async def run_chaos(
                 await rig.start(replicas, nodes)
                 await _load(rig, rng, specs, kills, console)
                 await _settle(rig, rng, specs, console, report)
-                report.messages_left = await _messages_left(cluster)
+                report.messages_left, report.journal_buckets = await _streams_left(cluster)
                 _count_executions(base / "exec", report, rig)
             finally:
                 await rig.stop()
@@ -286,14 +289,16 @@ async def _settle(
         rig.attempts[spec.task_id] = task.attempt
 
 
-async def _messages_left(cluster: NatsCluster) -> int:
+async def _streams_left(cluster: NatsCluster) -> tuple[int, int]:
+    """(messages left in the work queues, journal buckets the replicas made)."""
     async with cluster.connection() as nc:
         js = nc.jetstream(timeout=10)
         total = 0
         for priority in Priority:
             info = await js.stream_info(subjects.stream_name(priority))
             total += info.state.messages
-    return total
+        names = [info.config.name for info in await js.streams_info()]
+    return total, sum(1 for n in names if n and n.startswith(f"KV_{subjects.JOURNAL_BUCKET}"))
 
 
 def _count_executions(exec_dir: Path, report: ChaosReport, rig: _Rig) -> None:
@@ -308,16 +313,19 @@ def _count_executions(exec_dir: Path, report: ChaosReport, rig: _Rig) -> None:
     )
 
 
-async def chaos_command(tasks: int, kills: int, seed: int, as_json: bool) -> int:
+async def chaos_command(tasks: int, kills: int, seed: int, shards: int, as_json: bool) -> int:
     console = Console(stderr=as_json)
-    report = await run_chaos(tasks=tasks, kills=kills, seed=seed, console=console)
+    report = await run_chaos(
+        tasks=tasks, kills=kills, seed=seed, journal_shards=shards, console=console
+    )
     console.print(
         f"tasks={report.tasks} kills={report.kills} {report.kills_by_kind} lost={report.lost} "
         f"double_results={report.double_results} "
         f"duplicate_executions={report.duplicate_executions} "
         f"(unexplained {report.unexplained_duplicates}) "
         f"journal_mismatches={report.journal_mismatches} not_succeeded={report.not_succeeded} "
-        f"messages_left={report.messages_left} wall={report.wall_s}s seed={report.seed}"
+        f"messages_left={report.messages_left} journal_buckets={report.journal_buckets} "
+        f"wall={report.wall_s}s seed={report.seed}"
     )
     if as_json:
         print(json.dumps(asdict(report)))  # noqa: T201

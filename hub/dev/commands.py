@@ -55,4 +55,4 @@ async def cluster_command(servers: int, replicas: int, nodes: int) -> int:
 async def run(args: argparse.Namespace) -> int:
     if args.dev_command == "cluster":
         return await cluster_command(args.servers, args.replicas, args.nodes)
-    return await chaos_command(args.tasks, args.kills, args.seed, args.json)
+    return await chaos_command(args.tasks, args.kills, args.seed, args.journal_shards, args.json)

@@ -15,11 +15,18 @@ from hub.dev.chaos import run_chaos
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-async def test_reduced_chaos_loses_nothing() -> None:
+@pytest.mark.parametrize("shards", [1, 3], ids=["one-journal-bucket", "three-journal-buckets"])
+async def test_reduced_chaos_loses_nothing(shards: int) -> None:
     report = await run_chaos(
-        tasks=60, kills=3, seed=11, nodes=4, console=Console(stderr=True, quiet=True)
+        tasks=60,
+        kills=3,
+        seed=11,
+        nodes=4,
+        journal_shards=shards,
+        console=Console(stderr=True, quiet=True),
     )
     assert report.kills_by_kind == {"node": 1, "replica": 1, "nats": 1}, report
+    assert report.journal_buckets == shards, report
     # every accepted task has exactly one terminal result, and it is a success
     assert report.lost == 0, report
     assert report.double_results == 0, report
