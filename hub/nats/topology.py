@@ -123,7 +123,11 @@ class Topology:
             await self.ensure_consumer(priority, Route())
         await self._stream(self.dlq_stream())
         self.journal_shards = await self._journal_shards()
-        for shard in range(self.journal_shards):
+        if not await self._create(self.journal_stream(0)):
+            # It exists: perhaps made by another replica since we looked. Its count stands.
+            self.journal_shards = await self._journal_shards()
+            await self._stream(self.journal_stream(0))
+        for shard in range(1, self.journal_shards):
             await self._stream(self.journal_stream(shard))
         await self._stream(
             self.bucket_stream(
@@ -152,14 +156,22 @@ class Topology:
             )
         return made
 
-    async def _stream(self, config: StreamConfig) -> None:
+    async def _create(self, config: StreamConfig) -> bool:
+        """Create the stream; False if one by that name exists with other settings (an
+        existing stream with the same settings is created again, a no-op)."""
         with nats_errors(f"create stream {config.name}"):
             try:
                 await self.js.add_stream(config)
-                return
+                return True
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code != STREAM_IN_USE:
                     raise InvalidSettings(f"stream {config.name}: {exc.description}") from exc
+        return False
+
+    async def _stream(self, config: StreamConfig) -> None:
+        if await self._create(config):
+            return
+        with nats_errors(f"update stream {config.name}"):
             try:
                 await self.js.update_stream(config)
                 log.warning("stream %s existed with other settings; updated", config.name)

@@ -3,8 +3,10 @@ the names operators use with the ``nats`` CLI answer with readable JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import nats
 import pytest
 from hubtest import Core, make_settings
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -117,6 +119,34 @@ async def test_a_journal_of_shards_keeps_its_count(hub_core: Core, make_core) ->
     assert "HUB_JOURNAL_SHARDS is 2" in str(info.value) and "made with 1" in str(info.value)
     names = json.loads((await hub_core.nc.request("$JS.API.STREAM.NAMES", b"", timeout=3)).data)
     assert not [n for n in names["streams"] if n.startswith("KV_hub_journal_")]
+
+
+async def test_replicas_that_make_a_new_journal_at_once_agree_on_its_count(nats_server) -> None:
+    """Two replicas starting together on an empty NATS both find no journal. The one that
+    creates it sets the count; the other takes it if it named none, or is refused. Before,
+    the second one's update overwrote the count while the first ran with its own."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        for _ in range(8):  # (the race goes either way; each round starts from no journal)
+            pair = [Topology(js, make_settings(journal_shards=3)), Topology(js, make_settings())]
+            outcomes = await asyncio.gather(*(t.ensure() for t in pair), return_exceptions=True)
+            running = [t for t, out in zip(pair, outcomes, strict=True) if out is None]
+            assert all(o is None or isinstance(o, InvalidSettings) for o in outcomes), outcomes
+            assert running and running[-1] is pair[1]  # the one that named no count runs
+            info = await js.stream_info(f"KV_{subjects.JOURNAL_BUCKET}")
+            made = int(info.config.metadata["hub.journal_shards"])
+            assert {t.journal_shards for t in running} == {made}, (outcomes, made)
+            for name in [n async for n in _journal_streams(js)]:
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+async def _journal_streams(js):
+    for info in await js.streams_info():
+        if info.config.name.startswith(f"KV_{subjects.JOURNAL_BUCKET}"):
+            yield info.config.name
 
 
 async def test_a_sharded_record_is_readable_with_the_nats_cli_request(make_core) -> None:
