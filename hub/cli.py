@@ -333,6 +333,7 @@ async def _serve(settings: Settings) -> int:
         print(
             f"hub replica {replica.id} serving on port {replica.port} "
             f"(NATS {', '.join(urls)}, sync {settings.nats_sync}, "
+            f"journal buckets {replica.pool.journal.shards}, "
             f"GRPC_EXPERIMENTS={environment.experiments()})",
             flush=True,
         )

@@ -201,6 +201,21 @@ async def _answers(client: Client) -> bool:
     return True
 
 
+async def test_a_replica_names_its_journal_buckets_and_the_next_takes_them(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """HUB_JOURNAL_SHARDS reaches the journal a replica makes; a replica started later with the
+    setting unset runs with the journal's count, and both say so in their start-up line."""
+    for name, env in (("first", _clean_env(HUB_JOURNAL_SHARDS="3")), ("second", _clean_env())):
+        proc, _ = replica_process(name, nats_server.url, env, tmp_path)
+        await proc.start()
+        try:
+            await eventually(functools.partial(_started, proc), timeout_s=30, interval_s=0.2)
+            assert "journal buckets 3," in proc.log.read_text()
+        finally:
+            await proc.stop()
+
+
 def _event_engine_wakeups(pid: int) -> int:
     """Context switches so far of the process's threads named ``event_engine`` (gRPC's)."""
     total = 0
