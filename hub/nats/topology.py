@@ -148,7 +148,12 @@ class Topology:
                 info = await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
                 return asked or 1
-        made = int((info.config.metadata or {}).get(SHARDS_METADATA, "1"))
+        stored = (info.config.metadata or {}).get(SHARDS_METADATA, "1")
+        if not stored.isdigit() or not 1 <= (made := int(stored)) <= 64:
+            raise InvalidSettings(
+                f"stream {name} says the journal has {stored!r} shards ({SHARDS_METADATA} in its "
+                "metadata), which is not a count from 1 to 64: restore it"
+            )
         if asked and asked != made:
             raise InvalidSettings(
                 f"HUB_JOURNAL_SHARDS is {asked}, but the journal in NATS was made with {made}: "

@@ -149,6 +149,21 @@ async def _journal_streams(js):
             yield info.config.name
 
 
+@pytest.mark.parametrize("stored", ["", "three", "0", "65"])
+async def test_a_journal_whose_count_is_not_one_is_refused(nats_server, stored: str) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        config = Topology(nc.jetstream(), make_settings()).journal_stream(0)
+        config.metadata = {"hub.journal_shards": stored}
+        await nc.jetstream().add_stream(config)
+        with pytest.raises(InvalidSettings, match="not a count from 1 to 64"):
+            await Topology(nc.jetstream(), make_settings()).ensure()
+        info = await nc.jetstream().stream_info(config.name)  # and left as it was
+        assert info.config.metadata["hub.journal_shards"] == stored
+    finally:
+        await nc.close()
+
+
 async def test_a_sharded_record_is_readable_with_the_nats_cli_request(make_core) -> None:
     """With HUB_JOURNAL_SHARDS=4 the record of ``cli-1`` is in ``hub_journal_1``
     (``subjects.journal_shard``): `nats kv get hub_journal_1 task.cli-1`. A replica that
