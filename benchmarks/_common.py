@@ -57,6 +57,17 @@ def add_rep_flags(p: argparse.ArgumentParser, *, sync: str = "1s", reps: int = 3
     )
 
 
+def add_journal_shards_flag(p: argparse.ArgumentParser) -> None:
+    """`--journal-shards`: the KV buckets the journal is spread over (the hub's
+    HUB_JOURNAL_SHARDS; docs/benchmarks.md, P2)."""
+    p.add_argument(
+        "--journal-shards",
+        type=int,
+        default=1,
+        help="KV buckets the journal is spread over (HUB_JOURNAL_SHARDS; the default: 1)",
+    )
+
+
 def add_task_flags(p: argparse.ArgumentParser, *, inflight: int = 64) -> None:
     """The flags of every task round-trip benchmark (see `task_params`)."""
     p.add_argument("--tasks", type=int, default=2000, help="measured tasks per rep")

@@ -36,6 +36,7 @@ from _common import (
     CpuMeter,
     Progress,
     RepResult,
+    add_journal_shards_flag,
     add_rep_flags,
     add_task_flags,
     each_rep,
@@ -50,8 +51,7 @@ from _hub import HubRig, hub_params
 from _profile import add_profile_flag, counting, hub_module, profile_params, recording, under
 
 from hub.client import Client
-from hub.nats import subjects
-from hub.nats.topology import SHARDS_METADATA
+from hub.nats.topology import journal_shards_made
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,12 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=1, help="hub replica processes (R)")
     p.add_argument("--nodes", type=int, default=2, help="node processes (M)")
     p.add_argument("--slots", type=int, default=0, help="slots per node; 0 = enough for K")
-    p.add_argument(
-        "--journal-shards",
-        type=int,
-        default=1,
-        help="HUB_JOURNAL_SHARDS of the replicas (buckets the journal is spread over)",
-    )
+    add_journal_shards_flag(p)
     add_rep_flags(p)
     p.add_argument(
         "--api",
@@ -113,10 +108,9 @@ async def check_shards(url: str, shards: int) -> None:
     """The journal the replicas made has the shards asked for (not a setting lost on the way)."""
     nc = await nats.connect(url)
     try:
-        info = await nc.jetstream().stream_info(f"KV_{subjects.JOURNAL_BUCKET}")
+        made = await journal_shards_made(nc.jetstream())
     finally:
         await nc.close()
-    made = int((info.config.metadata or {}).get(SHARDS_METADATA, "1"))
     if made != shards:
         raise RuntimeError(f"the replicas made a journal of {made} shards, not {shards}")
 

@@ -55,6 +55,7 @@ from _common import (
     CpuMeter,
     HeldPull,
     RepResult,
+    add_journal_shards_flag,
     add_rep_flags,
     add_task_flags,
     emit_json,
@@ -95,12 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="read the journal feed and the doorbell, as every replica does",
     )
-    p.add_argument(
-        "--journal-shards",
-        type=int,
-        default=1,
-        help="bucket streams the journal's records are spread over (the hub: 1)",
-    )
+    add_journal_shards_flag(p)
     add_rep_flags(p, sync="always")
     return p.parse_args(argv)
 

@@ -21,6 +21,9 @@ __all__ = ("Settings", "load_settings", "unknown_env")
 
 _SYNC = re.compile(r"^(always|\d+(ms|s|m|h))$")
 
+#: The most KV buckets a journal may be spread over (``HUB_JOURNAL_SHARDS``).
+MAX_JOURNAL_SHARDS = 64
+
 #: ``HUB_*`` names read by the client side of the CLI rather than by ``Settings``.
 CLIENT_ENV = frozenset({"HUB_ADDR"})
 
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
     journal_shards: int = Field(
         0,
         ge=0,
-        le=64,
+        le=MAX_JOURNAL_SHARDS,
         description="KV buckets a new journal is spread over (hub_journal, hub_journal_1, ...); "
         "0: the journal's own count, or 1 for a new journal",
     )

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from hubtest import eventually, make_settings
+from hubtest import eventually, journal_messages, make_settings
 
 from hub.client import Client, channel_options
 from hub.config import Settings
@@ -140,10 +140,7 @@ class GrpcHub:
 
     async def journal_messages(self, replica: Replica) -> int:
         """Messages in every journal bucket."""
-        js, total = replica.nc.jetstream(), 0
-        for shard in range(replica.pool.journal.shards):
-            total += (await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")).state.messages
-        return total
+        return await journal_messages(replica.nc.jetstream(), range(replica.pool.journal.shards))
 
     async def close(self) -> None:
         for raw in self.raw:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,16 +79,19 @@ class Core:
     async def journal_messages(self, shard: int | None = None) -> int:
         """Messages in one journal bucket, or in all of them."""
         shards = range(self.journal.shards) if shard is None else [shard]
-        total = 0
-        for each in shards:
-            total += (
-                await self.js.stream_info(f"KV_{subjects.journal_bucket(each)}")
-            ).state.messages
-        return total
+        return await journal_messages(self.js, shards)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.nc.close()
+
+
+async def journal_messages(js: JetStreamContext, shards: Iterable[int]) -> int:
+    """Messages in these journal buckets' streams, together."""
+    total = 0
+    for shard in shards:
+        total += (await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")).state.messages
+    return total
 
 
 async def open_core(url: str, settings: Settings, *, name: str = "hub-test") -> Core:

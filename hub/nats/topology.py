@@ -22,14 +22,14 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from hub.config import Settings
+from hub.config import MAX_JOURNAL_SHARDS, Settings
 from hub.errors import InvalidSettings, LimitReached
 from hub.model import Priority, Route
 from hub.nats import subjects
 from hub.nats.errors import nats_errors, retrying
 from hub.nats.requests import Requests
 
-__all__ = ("Topology",)
+__all__ = ("Topology", "journal_shards_made")
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,24 @@ MAXIMUM_CONSUMERS = 10026
 IDLE_CONSUMER_S = 24 * 3600.0
 #: Stream metadata of ``KV_hub_journal``: how many shards the journal was made with.
 SHARDS_METADATA = "hub.journal_shards"
+
+
+async def journal_shards_made(js: JetStreamContext) -> int | None:
+    """How many shards the journal in NATS was made with (its first stream's metadata; a
+    journal from before shards has none, and one), or None when there is no journal yet."""
+    name = f"KV_{subjects.JOURNAL_BUCKET}"
+    with nats_errors(f"read stream {name}"):
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+    stored = (info.config.metadata or {}).get(SHARDS_METADATA, "1")
+    if not stored.isdigit() or not 1 <= int(stored) <= MAX_JOURNAL_SHARDS:
+        raise InvalidSettings(
+            f"stream {name} says the journal has {stored!r} shards ({SHARDS_METADATA} in its "
+            f"metadata), which is not a count from 1 to {MAX_JOURNAL_SHARDS}: restore it"
+        )
+    return int(stored)
 
 
 class Topology:
@@ -142,18 +160,9 @@ class Topology:
         journal the setting's (1 if unset). A task's keys are in the bucket its id hashed to
         when they were written, so a replica counting otherwise would read and write the wrong
         buckets (an unknown task, a second record): a setting that disagrees is refused."""
-        asked, name = self.settings.journal_shards, f"KV_{subjects.JOURNAL_BUCKET}"
-        with nats_errors(f"read stream {name}"):
-            try:
-                info = await self.js.stream_info(name)
-            except nats.js.errors.NotFoundError:
-                return asked or 1
-        stored = (info.config.metadata or {}).get(SHARDS_METADATA, "1")
-        if not stored.isdigit() or not 1 <= (made := int(stored)) <= 64:
-            raise InvalidSettings(
-                f"stream {name} says the journal has {stored!r} shards ({SHARDS_METADATA} in its "
-                "metadata), which is not a count from 1 to 64: restore it"
-            )
+        asked, made = self.settings.journal_shards, await journal_shards_made(self.js)
+        if made is None:
+            return asked or 1
         if asked and asked != made:
             raise InvalidSettings(
                 f"HUB_JOURNAL_SHARDS is {asked}, but the journal in NATS was made with {made}: "
