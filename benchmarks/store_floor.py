@@ -22,9 +22,9 @@ same streams, consumers, republish and limits as a replica creates), measures:
 
 Journal values are `--record-bytes` long (about a finished record's size in the hub), and the
 process reads the journal feed and the doorbell as every replica does (`--no-feeds`: not).
-`--journal-shards N` spreads the records over N bucket streams, in turn: a design the hub
-does not have (`hub_journal` is one bucket, a public name), measured to see how far more
-streams would lift the floor.
+`--journal-shards N` makes the journal of N buckets, as the hub's `HUB_JOURNAL_SHARDS` does,
+and spreads the records over them in turn (the hub hashes task ids: the same load, but each
+bucket's share exact, so the run can check it).
 
     python benchmarks/store_floor.py --tasks 3000 --inflight 64 --sync always --reps 3
 """
@@ -40,7 +40,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -138,7 +137,7 @@ class TaskPath:
 
     def __init__(self, nc: Nats, settings: Settings, record: bytes, shards: int) -> None:
         self.nc, self.settings, self.record = nc, settings, record
-        self.buckets = [_bucket(i) for i in range(shards)]
+        self.buckets = [subjects.journal_bucket(i) for i in range(shards)]
         self.bucket: dict[str, str] = {}  # task id -> its record's bucket
         self.submitted = 0
         self.requests = Requests(nc)
@@ -199,29 +198,14 @@ class TaskPath:
                 bar.advance()
 
 
-def _bucket(shard: int) -> str:
-    return subjects.JOURNAL_BUCKET + (f"_{shard}" if shard else "")
-
-
-async def _add_shards(nc: Nats, topology: Topology, shards: int) -> None:
-    """Buckets 1.. beside `hub_journal`, each configured like it (republish included)."""
-    for shard in range(1, shards):
-        config = topology.bucket_stream(
-            subjects.JOURNAL_BUCKET, ttl=0, marker_ttl=topology.settings.result_ttl_s
-        )
-        source = f"$KV.{_bucket(shard)}.>"
-        config.name, config.subjects = f"KV_{_bucket(shard)}", [source]
-        config.republish = replace(config.republish, src=source) if config.republish else None
-        await nc.jetstream().add_stream(config)
-
-
 async def _verify(nc: Nats, records: int, shards: int) -> None:
     """Every task's writes stored: one record per task, each bucket its share, and the work
     queue empty."""
     js = nc.jetstream()
     queued = (await js.stream_info(subjects.stream_name(Priority.NORMAL))).state.messages
     stored = [
-        (await js.stream_info(f"KV_{_bucket(shard)}")).state.messages for shard in range(shards)
+        (await js.stream_info(f"KV_{subjects.journal_bucket(shard)}")).state.messages
+        for shard in range(shards)
     ]
     shares = [records // shards + (shard < records % shards) for shard in range(shards)]
     if queued or stored != shares:
@@ -239,10 +223,8 @@ async def run_rep(args: argparse.Namespace) -> tuple[RepResult, dict[str, float]
     url = await server.start()
     try:
         nc = await nats.connect(url, name="store-floor")
-        settings = Settings()
-        topology = Topology(nc.jetstream(), settings)
-        await topology.ensure()
-        await _add_shards(nc, topology, args.journal_shards)
+        settings = Settings(journal_shards=args.journal_shards)
+        await Topology(nc.jetstream(), settings).ensure()
         rates = await stream_rates(nc, Requests(nc), args)
         if args.feeds:  # (what a replica reads: every committed record write, every stored task)
             await subscribe_inline(nc, subjects.journal_feed_subject("task.*"), _ignore)
